@@ -1,0 +1,78 @@
+"""fairdefense: robust fairness for adversarial training.
+
+Strategies (FRL, BAT, FAAL, CFA, ...) are pluggy plugins around one generic
+adversarial trainer; see ``docs/index.md``.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from fairdefense.api import build_trainer, evaluate_checkpoint, resume, train
+from fairdefense.attacks import AttackRecord, pgd, pgd_early_stop
+from fairdefense.config import TrainConfig
+from fairdefense.context import BatchInfo, BatchOutputs, EpochInfo, LossWeights, Margins, RunInfo, Selection
+from fairdefense.errors import (
+    ConfigError,
+    FairDefenseError,
+    HookReturnError,
+    MissingDependencyError,
+    NonFiniteLossError,
+    PluginError,
+    PluginNotFoundError,
+    PluginOptionError,
+)
+from fairdefense.evaluation import evaluate
+from fairdefense.manager import PluginHost, PluginInfo, list_plugins
+from fairdefense.metrics import ClassReport, ClassStats
+from fairdefense.models import create_model, list_models
+from fairdefense.objectives import PGDAT, TRADES, Objective, make_objective
+from fairdefense.plugin import FairnessPlugin, hookimpl
+from fairdefense.trainer import Trainer, TrainResult
+
+__all__ = [
+    "__version__",
+    # plugins
+    "FairnessPlugin",
+    "hookimpl",
+    "list_plugins",
+    "PluginHost",
+    "PluginInfo",
+    # hook values
+    "RunInfo",
+    "EpochInfo",
+    "BatchInfo",
+    "BatchOutputs",
+    "Margins",
+    "Selection",
+    "LossWeights",
+    "AttackRecord",
+    "ClassStats",
+    "ClassReport",
+    # training
+    "TrainConfig",
+    "Trainer",
+    "TrainResult",
+    "train",
+    "resume",
+    "build_trainer",
+    "Objective",
+    "PGDAT",
+    "TRADES",
+    "make_objective",
+    "pgd",
+    "pgd_early_stop",
+    # evaluation
+    "evaluate",
+    "evaluate_checkpoint",
+    "create_model",
+    "list_models",
+    # errors
+    "FairDefenseError",
+    "ConfigError",
+    "PluginError",
+    "PluginNotFoundError",
+    "PluginOptionError",
+    "HookReturnError",
+    "NonFiniteLossError",
+    "MissingDependencyError",
+]

@@ -1,0 +1,152 @@
+"""The ``fairdefense`` command: ``train``, ``evaluate`` and ``plugins``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from fairdefense.errors import ConfigError, FairDefenseError
+
+__all__ = ["main", "parse_plugin_options"]
+
+
+def parse_plugin_options(items: Sequence[str]) -> dict[str, dict[str, str]]:
+    """``["cfa.lambda1=0.5", "bat.alpha=2"]`` -> ``{"cfa": {"lambda1": "0.5"}, "bat": {"alpha": "2"}}``."""
+    options: dict[str, dict[str, str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        plugin, dot, name = key.partition(".")
+        if not sep or not dot or not plugin or not name:
+            raise ConfigError(f"plugin option {item!r} must look like PLUGIN.KEY=VALUE (e.g. -o cfa.lambda1=0.5).")
+        options.setdefault(plugin, {})[name] = value
+    return options
+
+
+def _train_parser(sub) -> None:
+    p = sub.add_parser("train", help="adversarial training with fairness plugins",
+                       description="Adversarial training; with no --plugin it is the PGD-AT / TRADES baseline.")
+    p.add_argument("--plugin", action="append", default=[], metavar="NAME", help="activate a plugin (repeatable)")
+    p.add_argument("-o", "--option", action="append", default=[], metavar="PLUGIN.KEY=VALUE", help="plugin option (repeatable)")
+    p.add_argument("--objective", choices=["at", "trades"], help="base objective (default: at, or what the plugin needs)")
+    p.add_argument("--dataset", default="digits", help="dataset name (default: digits, embedded)")
+    p.add_argument("--data-dir", help="where datasets are stored / downloaded")
+    p.add_argument("--model", help="model name (default: the dataset's)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--schedule", choices=["multistep", "cosine", "constant"])
+    p.add_argument("--eps", type=float, help="attack radius in input units (digits default 0.2; images 8/255)")
+    p.add_argument("--eps-step", type=float, help="attack step (default eps/4)")
+    p.add_argument("--attack-steps", type=int, help="PGD steps during training (default 10)")
+    p.add_argument("--norm", choices=["linf", "l2"])
+    p.add_argument("--beta", type=float, help="TRADES beta (default 6)")
+    p.add_argument("--val-size", type=float, help="validation samples per class (count >= 1 or fraction < 1)")
+    p.add_argument("--select-best", action="store_true", default=None,
+                   help="also keep best.pt, the epoch with the highest average + worst-class validation robust accuracy")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--init", metavar="CKPT", help="fine-tune from these weights (checkpoint or state_dict)")
+    p.add_argument("--resume", metavar="CKPT", help="continue an interrupted run exactly")
+    p.add_argument("--out", metavar="DIR", help="run folder (default runs/<dataset>-<plugins>-<objective>-s<seed>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from fairdefense.api import build_trainer, default_run_dir, resume
+    from fairdefense.config import TrainConfig
+    from fairdefense.report import format_report
+
+    progress = not args.no_progress
+    if args.resume:
+        result = resume(args.resume, epochs=args.epochs, progress=progress)
+    else:
+        config = TrainConfig(
+            dataset=args.dataset, data_dir=args.data_dir, model=args.model, objective=args.objective, beta=args.beta,
+            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule, eps=args.eps,
+            eps_step=args.eps_step, attack_steps=args.attack_steps, norm=args.norm, val_size=args.val_size,
+            select_best=args.select_best, seed=args.seed, device=args.device, init=args.init, out=args.out,
+            plugins=tuple(args.plugin), plugin_options=parse_plugin_options(args.option),
+        )
+        trainer = build_trainer(config, progress=progress)
+        if trainer.run_dir is None:
+            trainer.run_dir = default_run_dir(trainer.config)
+        print(f"run folder: {trainer.run_dir}")
+        result = trainer.fit()
+    label = "+".join(result.config.plugins) or f"baseline ({result.config.objective})"
+    if result.report is not None:
+        print(format_report(result.report, title=f"\n{label} on {result.config.dataset}: test set, eps={result.config.eps:g}"))
+    total = sum(e["time"] for e in result.history)
+    print(f"\n{len(result.history)} epochs in {total:.1f} s; checkpoint: {result.run_dir / 'last.pt'}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from fairdefense.api import evaluate_checkpoint
+    from fairdefense.report import format_report
+
+    path = Path(args.checkpoint)
+    if path.is_dir():
+        path = path / "last.pt"
+    attacks = [a for a in args.attacks.split(",") if a and a != "clean"] if args.attacks else None
+    report = evaluate_checkpoint(
+        path, attacks, eps=args.eps, n_samples=args.n_samples, batch_size=args.batch_size,
+        weights=args.weights, device=args.device, seed=args.seed,
+    )
+    print(format_report(report, title=f"{path}"))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
+    return 0
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    from fairdefense.manager import list_plugins
+
+    infos = list_plugins(args.filter)
+    if not infos:
+        print("no plugins installed" + (f" matching {args.filter!r}" if args.filter else ""))
+    for info in infos:
+        print(f"{info.name}  {info.version}  ({info.distribution})")
+        if info.error:
+            print(f"    failed to load: {info.error}")
+            continue
+        print(f"    {info.description}")
+        print(f"    hooks: {', '.join(info.hooks)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fairdefense", description="Robust fairness for adversarial training.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _train_parser(sub)
+    e = sub.add_parser("evaluate", help="per-class robustness of a checkpoint")
+    e.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
+    e.add_argument("--attacks", help="comma-separated, e.g. clean,pgd20,cw20 (default: the run's)")
+    e.add_argument("--eps", type=float)
+    e.add_argument("--n-samples", type=int)
+    e.add_argument("--batch-size", type=int)
+    e.add_argument("--weights", choices=["eval", "trained"], default="eval",
+                   help="evaluate the weights a plugin supplied (EMA/FAWA) or the trained ones")
+    e.add_argument("--device")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    pl = sub.add_parser("plugins", help="list installed plugins")
+    pl.add_argument("filter", nargs="?", help="only names containing this")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    commands: dict[str, Any] = {"train": _cmd_train, "evaluate": _cmd_evaluate, "plugins": _cmd_plugins}
+    try:
+        return commands[args.command](args)
+    except FairDefenseError as exc:
+        print(f"fairdefense {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Training configuration.
+
+Every field left at ``None`` is *unset*: a plugin's ``configure`` hook may fill it,
+otherwise :func:`resolve` gives it the dataset's or the library's default. A
+field the user set is explicit: a plugin that needs another value is an error.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from fairdefense.errors import ConfigError
+
+__all__ = ["TrainConfig", "DEFAULTS", "resolve"]
+
+
+@dataclass
+class TrainConfig:
+    """All settings of a training run (``None`` = unset, see :data:`DEFAULTS`)."""
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    model: str | None = None
+    objective: str | None = None
+    beta: float | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    schedule: str | None = None
+    milestones: tuple[float, ...] | None = None
+    gamma: float | None = None
+    eps: float | None = None
+    eps_step: float | None = None
+    attack_steps: int | None = None
+    norm: str | None = None
+    early_stop_extra_steps: int | None = None
+    val_size: float | None = None
+    val_steps: int | None = None
+    eval_attacks: tuple[str, ...] | None = None
+    eval_every: int | None = None
+    select_best: bool | None = None
+    seed: int = 0
+    device: str | None = None
+    init: str | None = None
+    out: str | None = None
+    plugins: tuple[str, ...] = ()
+    plugin_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def explicit(self) -> set[str]:
+        """Names of the fields the user set (not ``None``)."""
+        return {f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {sorted(unknown)}; valid settings: {sorted(names)}.")
+        values = dict(data)
+        for key in ("milestones", "eval_attacks", "plugins"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+
+#: Library defaults for unset fields (a dataset may override eps, epochs, lr, model, val_size).
+DEFAULTS: dict[str, Any] = {
+    "objective": "at",
+    "beta": 6.0,
+    "epochs": 30,
+    "batch_size": 128,
+    "lr": 0.1,
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "schedule": "multistep",
+    "milestones": (0.5, 0.75),
+    "gamma": 0.1,
+    "eps": 8 / 255,
+    "attack_steps": 10,
+    "norm": "linf",
+    "early_stop_extra_steps": 1,
+    "val_size": 0.1,
+    "val_steps": 10,
+    "eval_attacks": ("pgd20",),
+    "eval_every": 1,
+    "select_best": False,
+}
+
+
+def resolve(
+    config: TrainConfig, dataset_defaults: Mapping[str, Any], required: Mapping[str, Any], clip: tuple | None
+) -> TrainConfig:
+    """Fill unset fields (plugin requirements, then dataset defaults, then :data:`DEFAULTS`)
+    and check ranges. ``eps_step`` defaults to ``eps / 4``."""
+    values = config.to_dict()
+    for key, value in values.items():
+        if value is None:
+            for source in (required, dataset_defaults, DEFAULTS):
+                if key in source:
+                    values[key] = source[key]
+                    break
+    if values["eps_step"] is None:
+        values["eps_step"] = values["eps"] / 4
+    out = TrainConfig.from_dict(values)
+    _check(out, clip)
+    return out
+
+
+def _check(c: TrainConfig, clip: tuple | None) -> None:
+    if not c.eps > 0:
+        raise ConfigError(f"eps must be > 0, got {c.eps}; it is the attack radius in input units.")
+    if c.norm == "linf" and clip is not None and not isinstance(clip[0], (list, tuple)):
+        span = float(clip[1]) - float(clip[0])
+        if c.eps >= span:
+            raise ConfigError(
+                f"eps={c.eps} is not smaller than the input range {clip} (width {span}): every input "
+                f"would be reachable. Give eps in input units, e.g. 8/255 = {8 / 255:.4f} for images in [0, 1]."
+            )
+    if c.norm not in ("linf", "l2"):
+        raise ConfigError(f"norm must be 'linf' or 'l2', got {c.norm!r}.")
+    if not c.eps_step > 0:
+        raise ConfigError(f"eps_step must be > 0, got {c.eps_step}.")
+    for name in ("epochs", "batch_size", "attack_steps", "val_steps"):
+        if int(getattr(c, name)) < 1:
+            raise ConfigError(f"{name} must be >= 1, got {getattr(c, name)}.")
+    if not c.lr > 0:
+        raise ConfigError(f"lr must be > 0, got {c.lr}.")
+    if c.schedule not in ("multistep", "cosine", "constant"):
+        raise ConfigError(f"schedule must be 'multistep', 'cosine' or 'constant', got {c.schedule!r}.")
+    if c.val_size < 0:
+        raise ConfigError(f"val_size must be >= 0 (a fraction < 1 or a count per class), got {c.val_size}.")
+    if c.early_stop_extra_steps < 0:
+        raise ConfigError(f"early_stop_extra_steps must be >= 0, got {c.early_stop_extra_steps}.")

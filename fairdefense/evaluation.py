@@ -1,0 +1,107 @@
+"""Per-class evaluation of a model under attacks, streamed batch by batch.
+
+Attack names: ``"pgdK"`` (K steps of CE-PGD, step ``eps/4``, uniform random
+start) and ``"cwK"`` (K steps of PGD on the CW margin loss, same step and start).
+Clean accuracy is always measured. With more than one attack, the report also has
+a :data:`~fairdefense.metrics.WORST_CASE` row: a sample counts as robust only if
+it resists every attack. Memory stays flat in the number of samples: only per-class
+counts are kept.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fairdefense.attacks import pgd
+from fairdefense.errors import ConfigError
+from fairdefense.metrics import WORST_CASE, ClassReport
+
+__all__ = ["evaluate", "parse_attack", "ATTACK_FAMILIES"]
+
+#: Attack families: name prefix -> attack loss; the suffix is the number of steps.
+ATTACK_FAMILIES = {"pgd": "ce", "cw": "cw"}
+
+
+def parse_attack(name: str) -> tuple[str, int]:
+    """``"pgd20"`` -> ``("ce", 20)``; raises ``ConfigError`` naming the valid forms."""
+    m = re.fullmatch(r"([a-z]+)(\d+)", name)
+    if not m or m.group(1) not in ATTACK_FAMILIES or int(m.group(2)) < 1:
+        raise ConfigError(
+            f"unknown attack {name!r}; use 'pgdK' or 'cwK' with K >= 1 steps (e.g. pgd20, cw20)."
+        )
+    return ATTACK_FAMILIES[m.group(1)], int(m.group(2))
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    class_names: Sequence[str],
+    attacks: Sequence[str] = ("pgd20",),
+    *,
+    eps: float,
+    norm: str = "linf",
+    clip: tuple | None = (0.0, 1.0),
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    losses: bool = False,
+    progress: Callable[[Iterable], Iterable] | None = None,
+) -> ClassReport:
+    """Per-class clean and robust accuracy of ``model`` over ``batches``.
+
+    ``batches`` yields ``(x, y)`` pairs (a ``DataLoader``, for instance). The model
+    is evaluated in eval mode and its mode restored afterwards. Random starts
+    come from a generator seeded with ``seed``, so results are deterministic.
+    With ``losses=True`` the report also carries per-class mean ``clean_ce``,
+    ``adv_ce`` and ``kl`` (``KL(f(x) || f(x_adv))``) under the first attack.
+    """
+    specs = [(name, *parse_attack(name)) for name in attacks]
+    num_classes = len(class_names)
+    device = torch.device(device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    counts = torch.zeros(num_classes, dtype=torch.float64, device=device)
+    clean = torch.zeros_like(counts)
+    robust = {name: torch.zeros_like(counts) for name, _, _ in specs}
+    worst = torch.zeros_like(counts)
+    loss_sums = {k: torch.zeros_like(counts) for k in ("clean_ce", "adv_ce", "kl")}
+    try:
+        for x, y in progress(batches) if progress else batches:
+            x, y = x.to(device), y.to(device).long()
+            logits = model(x)
+            counts += torch.bincount(y, minlength=num_classes).double()
+            clean += torch.bincount(y, weights=(logits.argmax(1) == y).double(), minlength=num_classes)
+            all_ok = torch.ones_like(y, dtype=torch.bool)
+            for i, (name, loss, steps) in enumerate(specs):
+                x_adv = pgd(model, x, y, eps, eps / 4, steps, norm=norm, loss=loss, clip=clip, generator=generator)
+                adv_logits = model(x_adv)
+                ok = adv_logits.argmax(1) == y
+                all_ok &= ok
+                robust[name] += torch.bincount(y, weights=ok.double(), minlength=num_classes)
+                if losses and i == 0:
+                    per = {
+                        "clean_ce": F.cross_entropy(logits, y, reduction="none"),
+                        "adv_ce": F.cross_entropy(adv_logits, y, reduction="none"),
+                        "kl": F.kl_div(F.log_softmax(adv_logits, 1), F.softmax(logits, 1), reduction="none").sum(1),
+                    }
+                    for k, v in per.items():
+                        loss_sums[k] += torch.bincount(y, weights=v.double(), minlength=num_classes)
+            worst += torch.bincount(y, weights=all_ok.double(), minlength=num_classes)
+    finally:
+        model.train(was_training)
+    n = counts.where(counts > 0, torch.tensor(float("nan"), dtype=torch.float64, device=device))
+    robust_acc = {name: (v / n).cpu() for name, v in robust.items()}
+    if len(specs) > 1:
+        robust_acc[WORST_CASE] = (worst / n).cpu()
+    return ClassReport(
+        class_names=list(class_names),
+        counts=counts.long().cpu(),
+        clean_acc=(clean / n).cpu(),
+        robust_acc=robust_acc,
+        losses={k: (v / n).cpu() for k, v in loss_sums.items()} if losses else {},
+    )

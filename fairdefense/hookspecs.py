@@ -1,0 +1,269 @@
+"""The plugin contract: every hook a fairness strategy may implement.
+
+A plugin is an object (usually a :class:`fairdefense.FairnessPlugin` subclass)
+whose methods are named after the hooks below. The docstring of each hook is its
+contract: when the trainer calls it, what it receives, what it may return, and how
+the results of several active plugins combine. ``docs/plugins.md`` renders these
+docstrings; a test fails when a hook is missing from it.
+
+Lifecycle of one run::
+
+    configure                                   once, before the first epoch
+    for each epoch:
+        on_epoch_start
+        for each batch:
+            remargin                            -> per-class attack radius
+            (attack runs; iterates recorded if select_examples is implemented)
+            select_examples                     -> inputs of each loss term
+            perturb_weights                     -> weight perturbation (AWP)
+            (forward passes, per-sample loss terms)
+            reweight                            -> per-sample loss weights
+            extra_loss                          -> additional loss terms
+            (backward, optimizer step, weight perturbation undone)
+        on_epoch_end                            per-class training statistics
+        on_validation                           per-class validation metrics
+        weights_to_evaluate                     weights to evaluate / export
+        plugin_state                            saved into the checkpoint
+    load_plugin_state                           when a run resumes
+
+Hooks are called with keyword arguments; an implementation may accept any subset
+of a hook's arguments. A hook that returns ``None`` abstains.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from fairdefense.attacks import AttackRecord
+    from fairdefense.config import TrainConfig
+    from fairdefense.context import (
+        BatchInfo,
+        BatchOutputs,
+        EpochInfo,
+        LossWeights,
+        Margins,
+        RunInfo,
+        Selection,
+    )
+    from fairdefense.metrics import ClassReport, ClassStats
+
+PROJECT_NAME = "fairdefense"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+
+__all__ = ["PROJECT_NAME", "hookspec", "EXCLUSIVE_HOOKS"]
+
+#: Hooks that at most one active plugin may implement (activation refuses a second).
+EXCLUSIVE_HOOKS = ("remargin", "select_examples", "perturb_weights", "weights_to_evaluate")
+
+
+# --------------------------------------------------------------------- run level
+@hookspec
+def configure(config: "TrainConfig", run: "RunInfo") -> "dict[str, Any] | None":
+    """Declare the training settings this strategy needs.
+
+    When: once, after the plugins are activated and the data is loaded, before the
+    first epoch (also before a resumed run continues).
+
+    Receives: ``config``, the user's :class:`~fairdefense.config.TrainConfig` (read
+    only), and ``run`` (number of classes, class names, device).
+
+    Returns: ``None``, or a dict mapping :class:`TrainConfig` field names to the
+    values the strategy requires, for example ``{"objective": "trades", "beta": 6.0}``
+    (BAT) or ``{"val_size": 300, "val_steps": 20}`` (FRL).
+
+    Combination: a value fills a setting the user left unset. Two plugins asking
+    for different values of one setting, or a plugin asking for a value other
+    than one the user set explicitly, is a :class:`~fairdefense.PluginError` that
+    names both parties.
+    """
+
+
+# ------------------------------------------------------------------- per epoch
+@hookspec
+def on_epoch_start(epoch: "EpochInfo") -> None:
+    """Prepare for an epoch.
+
+    When: at the start of every epoch, before its first batch.
+
+    Receives: ``epoch`` (index from 0, number of epochs, the model, the learning
+    rate, the run).
+
+    Returns: nothing. Every implementation is called, in activation order.
+    """
+
+
+@hookspec
+def on_epoch_end(epoch: "EpochInfo", train_stats: "ClassStats") -> None:
+    """Observe the epoch's per-class training statistics.
+
+    When: after the last batch of every epoch, before validation.
+
+    Receives: ``train_stats``, a :class:`~fairdefense.metrics.ClassStats` counted from
+    the logits the trainer already computed on the examples it trained on (no
+    extra attack): per class, the number of samples, how many adversarial inputs
+    were classified correctly (``robust_acc``), and for objectives with a clean
+    forward pass (TRADES) how many clean ones (``clean_acc``; ``None`` for PGD-AT).
+    In distributed runs the counts are global.
+
+    Returns: nothing. Every implementation is called, in activation order.
+    """
+
+
+@hookspec
+def on_validation(epoch: "EpochInfo", report: "ClassReport") -> None:
+    """Observe per-class metrics on the held-out validation split.
+
+    When: after ``on_epoch_end``, every epoch, only if some active plugin
+    implements this hook (or best-checkpoint selection is on). The trainer holds
+    out ``config.val_size`` training samples per class (stratified, fixed by the
+    seed) and computes the report once per epoch, with the model in eval mode,
+    whatever the number of plugins that read it.
+
+    Receives: ``report``, a :class:`~fairdefense.metrics.ClassReport` with per-class
+    clean and PGD accuracy (``config.val_steps`` steps of CE-PGD at the base radius,
+    step ``eps/4``, random start) and the per-class mean losses
+    ``report.losses["clean_ce"]``, ``["adv_ce"]`` and ``["kl"]`` (TRADES's
+    ``KL(f(x) || f(x_adv))``).
+
+    Returns: nothing. Every implementation is called, in activation order.
+    """
+
+
+@hookspec
+def weights_to_evaluate(epoch: "EpochInfo") -> "dict[str, Tensor] | None":
+    """Supply the weights to evaluate and export instead of the trained ones.
+
+    When: after ``on_validation`` at the end of every epoch; the returned weights
+    are used for that epoch's test evaluation and stored in the checkpoint as
+    ``eval_model`` (and used by ``fairdefense evaluate``), while training goes on
+    from the trained weights (e.g. EMA, FAWA).
+
+    Returns: ``None`` (evaluate the trained weights) or a full ``state_dict`` for the
+    model (buffers included). Exclusive: at most one active plugin may implement it.
+    """
+
+
+# ------------------------------------------------------------------- per batch
+@hookspec
+def remargin(batch: "BatchInfo") -> "Tensor | Margins | None":
+    """Choose the attack radius per class for this batch.
+
+    When: every training batch, before the attack.
+
+    Receives: ``batch`` (clean inputs, labels, base ``eps`` and ``eps_step``).
+
+    Returns: ``None`` (every sample uses the base radius), a tensor of shape
+    ``(C,)`` with each class's radius, or :class:`~fairdefense.Margins` with a per-class
+    radius and a step size (scalar or ``(C,)``). Radii must be finite and
+    positive; sample ``i`` is attacked within ``eps[y_i]``.
+
+    Combination: exclusive; at most one active plugin may implement it.
+    """
+
+
+@hookspec
+def select_examples(batch: "BatchInfo", record: "AttackRecord") -> "Selection | None":
+    """Choose which attack iterate each loss term trains on.
+
+    When: every training batch, right after the attack. If an active plugin
+    implements this hook, the trainer runs the attack with early stopping and
+    records the iterates (otherwise it does not pay for them): each sample stops
+    ``config.early_stop_extra_steps`` steps after it is first misclassified
+    (FAT's tau).
+
+    Receives: ``record``, an :class:`~fairdefense.attacks.AttackRecord` with
+    ``x_adv`` (each sample's final iterate), ``x_last_correct`` (the last iterate
+    still classified correctly; the start for samples wrong at the start),
+    ``x_first_wrong`` (the first misclassified iterate plus the extra steps; the
+    final iterate for samples never fooled), ``fooled`` and ``stop_step``.
+
+    Returns: ``None`` or a :class:`~fairdefense.Selection` naming the inputs of the
+    natural and/or robust term, each ``(B, ...)`` within the batch's radius.
+
+    Combination: exclusive; at most one active plugin may implement it.
+    """
+
+
+@hookspec
+def perturb_weights(batch: "BatchInfo", x_adv: "Tensor") -> "dict[str, Tensor] | None":
+    """Propose a temporary perturbation of the model weights (AWP).
+
+    When: every training batch, after ``select_examples``, before the forward
+    passes of the loss.
+
+    Receives: ``x_adv``, the robust term's inputs.
+
+    Returns: ``None`` or a dict mapping parameter names (as in
+    ``model.named_parameters()``) to tensors of the same shape. The trainer adds
+    them to the weights for this batch's loss and backward pass and subtracts them
+    after the optimizer step.
+
+    Combination: exclusive; at most one active plugin may implement it.
+    """
+
+
+@hookspec
+def reweight(batch: "BatchInfo", outputs: "BatchOutputs") -> "LossWeights | None":
+    """Weight each sample's loss terms.
+
+    When: every training batch, after the forward passes.
+
+    Receives: ``outputs`` (logits, unweighted per-sample natural and robust terms,
+    the radius each sample was attacked with).
+
+    Returns: ``None`` or :class:`~fairdefense.LossWeights` with ``(B,)`` finite,
+    non-negative weights for the natural and/or robust term. The loss is
+    ``mean(w_nat * natural) + beta * mean(w_rob * robust)`` for TRADES and
+    ``mean(w_rob * robust)`` for PGD-AT; no gradient flows through the weights.
+
+    Combination: the weights of several plugins multiply elementwise; nothing is
+    renormalised.
+    """
+
+
+@hookspec
+def extra_loss(batch: "BatchInfo", outputs: "BatchOutputs") -> "Tensor | None":
+    """Add a term to this batch's loss.
+
+    When: every training batch, after ``reweight``.
+
+    Receives: ``outputs``, whose logits carry gradients.
+
+    Returns: ``None`` or a finite scalar tensor, differentiable w.r.t. the model
+    (e.g. BAT's uniform-target KL).
+
+    Combination: the terms of all plugins are added to the loss.
+    """
+
+
+# ------------------------------------------------------------------------ state
+@hookspec
+def plugin_state() -> "dict[str, Any] | None":
+    """Return the strategy's state, so that a resumed run continues exactly.
+
+    When: whenever the trainer writes a checkpoint (after every epoch and on
+    interruption).
+
+    Returns: ``None`` (stateless) or a dict of tensors, numbers, strings, lists and
+    dicts of these (it is saved with ``torch.save`` and read back with
+    ``weights_only=True``).
+
+    Combination: each plugin's state is stored under its own name.
+    """
+
+
+@hookspec
+def load_plugin_state(state: "dict[str, Any]") -> None:
+    """Restore the state returned by ``plugin_state``.
+
+    When: once, when a run resumes from a checkpoint, after ``configure`` and
+    before the first resumed epoch. Only called with the state this plugin saved
+    (looked up by plugin name).
+
+    Returns: nothing.
+    """

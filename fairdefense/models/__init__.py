@@ -1,0 +1,44 @@
+"""Model registry (``list_models``/``create_model``, as timm does) and input normalisation."""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from typing import Callable
+
+from torch import nn
+
+from fairdefense.errors import ConfigError
+from fairdefense.models.normalize import Normalized
+from fairdefense.models.small_cnn import SmallCNN
+
+__all__ = ["MODELS", "register_model", "list_models", "create_model", "Normalized", "SmallCNN"]
+
+#: Model name -> factory ``(num_classes, input_shape) -> nn.Module``.
+MODELS: dict[str, Callable[..., nn.Module]] = {"small_cnn": SmallCNN}
+
+
+def register_model(name: str, factory: Callable[..., nn.Module]) -> None:
+    """Make ``factory(num_classes=..., input_shape=...)`` available as ``--model name``."""
+    MODELS[name] = factory
+
+
+def list_models(filter: str = "") -> list[str]:
+    """Registered model names, optionally filtered by a wildcard pattern (``"*resnet*"``)."""
+    names = sorted(MODELS)
+    return [n for n in names if fnmatch.fnmatch(n, filter)] if filter else names
+
+
+def create_model(
+    name: str,
+    num_classes: int,
+    input_shape: tuple[int, ...],
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+) -> nn.Module:
+    """Build a registered model; with ``mean``/``std`` it is wrapped in :class:`Normalized`."""
+    if name not in MODELS:
+        near = difflib.get_close_matches(name, list(MODELS), n=3, cutoff=0.5)
+        hint = f" Did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
+        raise ConfigError(f"unknown model {name!r}.{hint} Available: {', '.join(list_models())}.")
+    net = MODELS[name](num_classes=num_classes, input_shape=tuple(input_shape))
+    return Normalized(net, mean, std) if mean is not None else net
