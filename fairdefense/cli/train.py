@@ -1,15 +1,14 @@
-"""The ``fairdefense`` command: ``train``, ``evaluate`` and ``plugins``."""
+"""``fairdefense train``: adversarial training with fairness plugins."""
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-from fairdefense.errors import ConfigError, FairDefenseError
+from fairdefense.errors import ConfigError
 
-__all__ = ["main", "parse_plugin_options"]
+__all__ = ["add_parser", "run", "parse_plugin_options"]
+
+HELP = "adversarial training with fairness plugins"
 
 
 def parse_plugin_options(items: Sequence[str]) -> dict[str, dict[str, str]]:
@@ -24,9 +23,8 @@ def parse_plugin_options(items: Sequence[str]) -> dict[str, dict[str, str]]:
     return options
 
 
-def _train_parser(sub) -> None:
-    p = sub.add_parser("train", help="adversarial training with fairness plugins",
-                       description="Adversarial training; with no --plugin it is the PGD-AT / TRADES baseline.")
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help=HELP, description="Adversarial training; with no --plugin it is the PGD-AT / TRADES baseline.")
     p.add_argument("--plugin", action="append", default=[], metavar="NAME", help="activate a plugin (repeatable)")
     p.add_argument("-o", "--option", action="append", default=[], metavar="PLUGIN.KEY=VALUE", help="plugin option (repeatable)")
     p.add_argument("--objective", choices=["at", "trades"], help="base objective (default: at, or what the plugin needs)")
@@ -53,7 +51,7 @@ def _train_parser(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from fairdefense.api import build_trainer, default_run_dir, resume
     from fairdefense.config import TrainConfig
     from fairdefense.report import format_report
@@ -80,73 +78,3 @@ def _cmd_train(args: argparse.Namespace) -> int:
     total = sum(e["time"] for e in result.history)
     print(f"\n{len(result.history)} epochs in {total:.1f} s; checkpoint: {result.run_dir / 'last.pt'}")
     return 0
-
-
-def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from fairdefense.api import evaluate_checkpoint
-    from fairdefense.report import format_report
-
-    path = Path(args.checkpoint)
-    if path.is_dir():
-        path = path / "last.pt"
-    attacks = [a for a in args.attacks.split(",") if a and a != "clean"] if args.attacks else None
-    report = evaluate_checkpoint(
-        path, attacks, eps=args.eps, n_samples=args.n_samples, batch_size=args.batch_size,
-        weights=args.weights, device=args.device, seed=args.seed,
-    )
-    print(format_report(report, title=f"{path}"))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
-    return 0
-
-
-def _cmd_plugins(args: argparse.Namespace) -> int:
-    from fairdefense.manager import list_plugins
-
-    infos = list_plugins(args.filter)
-    if not infos:
-        print("no plugins installed" + (f" matching {args.filter!r}" if args.filter else ""))
-    for info in infos:
-        print(f"{info.name}  {info.version}  ({info.distribution})")
-        if info.error:
-            print(f"    failed to load: {info.error}")
-            continue
-        print(f"    {info.description}")
-        print(f"    hooks: {', '.join(info.hooks)}")
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fairdefense", description="Robust fairness for adversarial training.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    _train_parser(sub)
-    e = sub.add_parser("evaluate", help="per-class robustness of a checkpoint")
-    e.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
-    e.add_argument("--attacks", help="comma-separated, e.g. clean,pgd20,cw20 (default: the run's)")
-    e.add_argument("--eps", type=float)
-    e.add_argument("--n-samples", type=int)
-    e.add_argument("--batch-size", type=int)
-    e.add_argument("--weights", choices=["eval", "trained"], default="eval",
-                   help="evaluate the weights a plugin supplied (EMA/FAWA) or the trained ones")
-    e.add_argument("--device")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--json", metavar="FILE", help="also write the report as JSON")
-    pl = sub.add_parser("plugins", help="list installed plugins")
-    pl.add_argument("filter", nargs="?", help="only names containing this")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    commands: dict[str, Any] = {"train": _cmd_train, "evaluate": _cmd_evaluate, "plugins": _cmd_plugins}
-    try:
-        return commands[args.command](args)
-    except FairDefenseError as exc:
-        print(f"fairdefense {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
