@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+import torch
+
 from fairdefense.errors import ConfigError
 
 __all__ = ["TrainConfig", "DEFAULTS", "resolve"]
@@ -116,7 +118,8 @@ def _check(c: TrainConfig, clip: tuple | None) -> None:
     if not c.eps > 0:
         raise ConfigError(f"eps must be > 0, got {c.eps}; it is the attack radius in input units.")
     if c.norm == "linf" and clip is not None and not isinstance(clip[0], (list, tuple)):
-        span = float(clip[1]) - float(clip[0])
+        # per-feature bounds (tensors, e.g. tabular data): every input is reachable only if eps covers the widest
+        span = float((torch.as_tensor(clip[1]) - torch.as_tensor(clip[0])).max())
         if c.eps >= span:
             raise ConfigError(
                 f"eps={c.eps} is not smaller than the input range {clip} (width {span}): every input "
