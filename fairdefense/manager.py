@@ -185,7 +185,8 @@ class PluginHost:
             self._pm.check_pending()
         except pluggy.PluginValidationError as exc:
             self._pm.unregister(name=name) if self._pm.has_plugin(name) else None
-            raise PluginError(f"plugin '{name}': {exc}. Hooks are: {', '.join(HOOK_NAMES)}.") from exc
+            detail = " ".join(str(exc).split())
+            raise PluginError(f"plugin '{name}': {detail} Valid hooks and their arguments: docs/plugins.md.") from exc
         if not self._pm.get_hookcallers(obj):
             self._pm.unregister(name=name)
             raise PluginError(
@@ -217,8 +218,8 @@ class PluginHost:
 
     # ------------------------------------------------------------------ calling
     def _impls(self, hook: str) -> list[pluggy.HookImpl]:
-        # pluggy keeps implementations in reverse registration order
-        return list(reversed(getattr(self._pm.hook, hook).get_hookimpls()))
+        # registration (activation) order; pluggy itself would call them last-first
+        return getattr(self._pm.hook, hook).get_hookimpls()
 
     def implements(self, hook: str) -> bool:
         """Whether any active plugin implements ``hook``."""

@@ -1,0 +1,222 @@
+"""Plugin discovery, activation, validation at registration and of return values."""
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import nn
+
+import fairdefense
+from fairdefense import (
+    FairnessPlugin,
+    HookReturnError,
+    LossWeights,
+    Margins,
+    PluginError,
+    PluginHost,
+    PluginNotFoundError,
+    PluginOptionError,
+    hookimpl,
+)
+from fairdefense.manager import HOOK_NAMES
+
+
+class Weigh(FairnessPlugin):
+    name = "weigh"
+
+    @dataclass
+    class Options:
+        factor: float = 2.0
+        on: bool = True
+
+    def reweight(self, batch, outputs):
+        return LossWeights(robust=torch.full((len(batch.y),), self.options.factor))
+
+
+class Other(FairnessPlugin):
+    name = "other"
+
+    def reweight(self, batch, outputs):
+        return LossWeights(robust=torch.arange(len(batch.y), dtype=torch.float32), natural=torch.ones(len(batch.y)))
+
+
+class FakeBatch:
+    def __init__(self, n=3, c=4):
+        self.y = torch.arange(n) % c
+        self.x = torch.zeros(n, 2)
+        self.num_classes = c
+        self.model = nn.Linear(2, c)
+
+
+def test_unknown_plugin_suggests_nearest_names():
+    with pytest.raises(PluginNotFoundError, match="unknown plugin 'bta'.*Did you mean 'bat'"):
+        PluginHost(["bta"])
+
+
+def test_unknown_option_lists_valid_ones():
+    with pytest.raises(PluginOptionError, match=r"no option 'factr'.*Did you mean 'factor'.*Valid options: factor, on"):
+        Weigh(factr=1)
+    with pytest.raises(PluginOptionError, match="option 'on' expects a boolean"):
+        Weigh.from_options({"on": "maybe"})
+    assert Weigh.from_options({"factor": "3", "on": "false"}).options == Weigh.Options(3.0, False)
+
+
+def test_options_for_plugins_not_activated_are_refused():
+    with pytest.raises(PluginOptionError, match="not activated"):
+        PluginHost([Weigh()], {"cfa": {"lambda1": "0.3"}})
+
+
+def test_class_instead_of_instance_is_refused():
+    with pytest.raises(PluginError, match="passed as a class; pass an instance instead, e.g. Weigh()"):
+        PluginHost([Weigh])
+
+
+def test_misspelled_hook_is_refused():
+    class Typo(FairnessPlugin):
+        name = "typo"
+
+        def reweigth(self, batch, outputs):
+            return None
+
+    with pytest.raises(PluginError, match="'typo' defines 'reweigth'.*did you mean 'reweight'"):
+        PluginHost([Typo()])
+
+    class Marked:
+        name = "marked"
+
+        @hookimpl
+        def remargn(self, batch):
+            return None
+
+    with pytest.raises(PluginError, match="marked.*remargn"):
+        PluginHost([Marked()])
+
+
+def test_hookimpl_argument_not_in_spec_is_refused():
+    class Extra(FairnessPlugin):
+        name = "extra"
+
+        def reweight(self, batch, outputs, temperature):
+            return None
+
+    with pytest.raises(PluginError, match="extra.*temperature"):
+        PluginHost([Extra()])
+
+
+def test_two_plugins_on_an_exclusive_hook_are_refused():
+    class M1(FairnessPlugin):
+        name = "m1"
+
+        def remargin(self, batch):
+            return None
+
+    class M2(M1):
+        name = "m2"
+
+    with pytest.raises(PluginError, match=r"\['m1', 'm2'\].*exclusive hook 'remargin'"):
+        PluginHost([M1(), M2()])
+
+
+def test_plugin_without_hooks_and_duplicates_are_refused():
+    with pytest.raises(PluginError, match="implements no hook"):
+        PluginHost([FairnessPlugin()])
+    with pytest.raises(PluginError, match="activated twice"):
+        PluginHost([Weigh(), Weigh()])
+
+
+def test_reweight_results_multiply_elementwise_without_renormalising():
+    host = PluginHost([Weigh(factor=3.0), Other()])
+    natural, robust = host.reweight(FakeBatch(), outputs=None)
+    torch.testing.assert_close(robust, torch.tensor([0.0, 3.0, 6.0]))
+    torch.testing.assert_close(natural, torch.ones(3))
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (torch.ones(2), r"has shape \(2,\), expected \(3,\)"),
+        (torch.tensor([1.0, -1.0, 1.0]), "non-negative"),
+        (torch.tensor([1.0, float("nan"), 1.0]), "non-finite"),
+        ([1.0, 1.0, 1.0], "must be a torch.Tensor"),
+    ],
+)
+def test_reweight_return_values_are_checked_and_name_the_plugin(value, message):
+    class Bad(FairnessPlugin):
+        name = "bad"
+
+        def reweight(self, batch, outputs):
+            return LossWeights(robust=value)
+
+    with pytest.raises(HookReturnError, match=f"plugin 'bad', hook 'reweight'.*{message}"):
+        PluginHost([Bad()]).reweight(FakeBatch(), outputs=None)
+
+
+def test_remargin_return_values_are_checked():
+    class Bad(FairnessPlugin):
+        name = "bad"
+
+        def remargin(self, batch):
+            return Margins(eps=torch.tensor([0.1, 0.0, 0.1, 0.1]))
+
+    with pytest.raises(HookReturnError, match="plugin 'bad', hook 'remargin'.*positive"):
+        PluginHost([Bad()]).remargin(FakeBatch())
+
+
+def test_extra_losses_add_up_and_must_be_finite_scalars():
+    class A(FairnessPlugin):
+        name = "a"
+
+        def extra_loss(self, batch, outputs):
+            return torch.tensor(1.5)
+
+    class B(FairnessPlugin):
+        name = "b"
+
+        def extra_loss(self, batch, outputs):
+            return torch.tensor([0.25])
+
+    assert PluginHost([A(), B()]).extra_loss(FakeBatch(), None).item() == 1.75
+
+    class C(FairnessPlugin):
+        name = "c"
+
+        def extra_loss(self, batch, outputs):
+            return torch.tensor(float("inf"))
+
+    with pytest.raises(HookReturnError, match="plugin 'c', hook 'extra_loss'.*not finite"):
+        PluginHost([C()]).extra_loss(FakeBatch(), None)
+
+
+def test_configure_conflicts_name_both_parties():
+    class WantsTrades(FairnessPlugin):
+        name = "wants-trades"
+
+        def configure(self, config, run):
+            return {"objective": "trades"}
+
+    class WantsAT(FairnessPlugin):
+        name = "wants-at"
+
+        def configure(self, config, run):
+            return {"objective": "at"}
+
+    config = fairdefense.TrainConfig()
+    with pytest.raises(PluginError, match="'wants-trades' and 'wants-at' need different values of 'objective'"):
+        PluginHost([WantsTrades(), WantsAT()]).configure(config, None, explicit=set())
+    with pytest.raises(PluginError, match="'wants-trades' requires objective='trades' but it was set to 'at'"):
+        PluginHost([WantsTrades()]).configure(fairdefense.TrainConfig(objective="at"), None, explicit={"objective"})
+    assert PluginHost([WantsTrades()]).configure(config, None, explicit=set()) == {"objective": "trades"}
+
+
+def test_every_hook_has_a_contract_docstring():
+    from fairdefense import hookspecs
+
+    for hook in HOOK_NAMES:
+        doc = getattr(hookspecs, hook).__doc__
+        assert doc and "When:" in doc and "Returns:" in doc, hook
+
+
+def test_list_plugins_reports_installed_strategies():
+    infos = {info.name: info for info in fairdefense.list_plugins()}
+    assert {"bat", "frl", "faal", "cfa"} <= set(infos)
+    assert all(info.distribution == "fairdefense" for name, info in infos.items() if name in {"bat", "frl"})
+    assert fairdefense.list_plugins("fa") == [i for i in infos.values() if "fa" in i.name]

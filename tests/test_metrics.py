@@ -1,0 +1,60 @@
+"""Per-class clean/boundary/robust error against a hand-computed confusion table."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from fairdefense import ClassReport, ClassStats, evaluate
+from fairdefense.metrics import WORST_CASE, per_class_accuracy, summarize
+
+
+def test_per_class_metrics_match_a_hand_computed_table():
+    # class 0: 4 samples, 3 clean-correct, 1 robust; class 1: 2 samples, 2 clean, 2 robust;
+    # class 2: 4 samples, 2 clean, 1 robust (one sample wrong clean but right under attack)
+    y = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2, 2, 2])
+    clean = torch.tensor([1, 1, 1, 0, 1, 1, 1, 1, 0, 0]).bool()
+    robust = torch.tensor([1, 0, 0, 0, 1, 1, 0, 0, 1, 0]).bool()
+    report = ClassReport(
+        class_names=["a", "b", "c"], counts=torch.tensor([4, 2, 4]),
+        clean_acc=per_class_accuracy(y, clean, 3), robust_acc={"pgd": per_class_accuracy(y, robust, 3)},
+    )
+    torch.testing.assert_close(report.clean_error, torch.tensor([0.25, 0.0, 0.5], dtype=torch.float64))
+    torch.testing.assert_close(report.robust_error("pgd"), torch.tensor([0.75, 0.0, 0.75], dtype=torch.float64))
+    torch.testing.assert_close(report.boundary_error("pgd"), torch.tensor([0.5, 0.0, 0.25], dtype=torch.float64))
+    torch.testing.assert_close(report.robust_error(), report.clean_error + report.boundary_error())
+    s = report.summary()
+    assert s["pgd/robust_error"]["avg"] == pytest.approx(0.5)
+    assert s["pgd/robust_error"]["worst"] == pytest.approx(0.75)
+    assert s["pgd/robust_error"]["best"] == pytest.approx(0.0)
+    assert s["pgd/robust_error"]["gap"] == pytest.approx(0.75)
+    assert s["pgd/robust_error"]["std"] == pytest.approx(math.sqrt(((0.25**2) * 2 + 0.5**2) / 3))
+    assert s["pgd/robust_acc"]["worst"] == pytest.approx(0.25)
+    assert s["clean_error"]["worst"] == pytest.approx(0.5)
+    assert ClassReport.from_dict(report.to_dict()).summary() == s
+
+
+def test_summarize_skips_empty_classes():
+    s = summarize(torch.tensor([0.5, float("nan"), 1.0], dtype=torch.float64), higher_is_worse=False)
+    assert (s["avg"], s["worst"], s["best"]) == (0.75, 0.5, 1.0)
+
+
+def test_class_stats_count_from_logits():
+    stats = ClassStats.zeros(3)
+    y = torch.tensor([0, 0, 1, 2])
+    adv = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 1.0, 0], [0, 1.0, 0]])
+    stats.update(y, adv, adv)
+    stats.update(torch.tensor([2]), torch.tensor([[0, 0, 1.0]]))
+    assert stats.counts.tolist() == [2, 1, 2]
+    torch.testing.assert_close(stats.robust_acc, torch.tensor([0.5, 1.0, 0.5], dtype=torch.float64))
+
+
+def test_evaluate_worst_case_row_and_boundary_error():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    x, y = torch.rand(30, 1, 2, 2), torch.randint(0, 3, (30,))
+    report = evaluate(model, [(x[:16], y[:16]), (x[16:], y[16:])], ["a", "b", "c"], ["pgd5", "cw5"], eps=0.2)
+    for attack in ("pgd5", "cw5"):
+        assert (report.robust_acc[WORST_CASE] <= report.robust_acc[attack] + 1e-12).all()
+        torch.testing.assert_close(report.boundary_error(attack), report.clean_acc - report.robust_acc[attack])
+    assert report.counts.sum() == 30
