@@ -9,12 +9,33 @@ from torch import nn
 
 from fairdefense.errors import ConfigError
 from fairdefense.models.normalize import Normalized
+from fairdefense.models.preact_resnet import PreActResNet, preact_resnet18
+from fairdefense.models.resnet import ResNet, resnet18
 from fairdefense.models.small_cnn import SmallCNN
+from fairdefense.models.wide_resnet import WideResNet, wrn28_10, wrn34_10
 
-__all__ = ["MODELS", "register_model", "list_models", "create_model", "Normalized", "SmallCNN"]
+__all__ = [
+    "MODELS",
+    "register_model",
+    "list_models",
+    "create_model",
+    "Normalized",
+    "SmallCNN",
+    "PreActResNet",
+    "ResNet",
+    "WideResNet",
+]
 
-#: Model name -> factory ``(num_classes, input_shape) -> nn.Module``.
-MODELS: dict[str, Callable[..., nn.Module]] = {"small_cnn": SmallCNN}
+#: Model name -> factory ``(num_classes, input_shape) -> nn.Module``. The ResNets
+#: are CIFAR-style (3x3 stem, no stem pooling) for 32x32 inputs; their global
+#: average pooling accepts larger inputs too.
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "small_cnn": SmallCNN,
+    "preact_resnet18": preact_resnet18,
+    "resnet18": resnet18,
+    "wrn28_10": wrn28_10,
+    "wrn34_10": wrn34_10,
+}
 
 
 def register_model(name: str, factory: Callable[..., nn.Module]) -> None:
