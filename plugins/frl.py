@@ -84,6 +84,7 @@ __all__ = [
     "batch_mean_weights",
     "pooled_mean",
     "validation_counts",
+    "check_options",
 ]
 
 
@@ -126,6 +127,15 @@ def validation_counts(plugin: str, report: "fairdefense.ClassReport") -> Tensor:
     return report.counts
 
 
+def check_options(plugin: str, options: Any, checks: list[tuple[bool, str, str]]) -> None:
+    """Raise :class:`~fairdefense.PluginOptionError` for the first ``(ok, key, expected)`` that fails."""
+    for ok, key, expected in checks:
+        if not ok:
+            raise fairdefense.PluginOptionError(
+                f"plugin '{plugin}': option '{key}' must be {expected}, got {getattr(options, key)!r}."
+            )
+
+
 class FRL(fairdefense.FairnessPlugin):
     """FRL (Xu et al. 2021): Lagrangian reweighting and per-class remargin from validation errors."""
 
@@ -163,15 +173,11 @@ class FRL(fairdefense.FairnessPlugin):
             (o.val_steps >= 1, "val_steps", ">= 1"),
             (o.val_size is None or o.val_size > 0, "val_size", "> 0 (a count per class or a fraction)"),
         ]
-        for ok, key, expected in checks:
-            if not ok:
-                raise fairdefense.PluginOptionError(
-                    f"plugin 'frl': option '{key}' must be {expected}, got {getattr(o, key)!r}."
-                )
+        check_options(self.name, o, checks)
         self.lam0: Tensor | None = None
         self.lam1: Tensor | None = None
         self.lam2: Tensor | None = None
-        self._cache: dict[str, Tensor] = {}
+        self._cache: dict[tuple[torch.device, torch.dtype], dict[str, Tensor]] = {}
 
     # ------------------------------------------------------------- state
     @property
@@ -204,9 +210,10 @@ class FRL(fairdefense.FairnessPlugin):
 
     def _vectors_like(self, like: Tensor) -> dict[str, Tensor]:
         """:meth:`class_vectors` on ``like``'s device and dtype, cached until the next update."""
-        if not self._cache:
-            self._cache = {k: v.to(like) for k, v in self.class_vectors().items()}
-        return self._cache
+        key = (like.device, like.dtype)
+        if key not in self._cache:
+            self._cache[key] = {k: v.to(like) for k, v in self.class_vectors().items()}
+        return self._cache[key]
 
     def rate1(self, epoch: int) -> float:
         """``a1`` for the update made after 0-based epoch ``epoch`` (halved as in the code)."""
