@@ -33,7 +33,7 @@ FORMAT_VERSION = 1
 def versions() -> dict[str, str]:
     from fairdefense import __version__
 
-    return {"fairdefense": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    return {"fairdefense": __version__, "torch": str(torch.__version__), "python": platform.python_version()}
 
 
 def rng_state() -> dict[str, Any]:

@@ -123,10 +123,9 @@ class FairnessPlugin:
         """Instantiate from a mapping of option names to values (CLI strings allowed)."""
         return cls(**dict(options))
 
-    @classmethod
-    def plugin_name(cls) -> str:
+    def plugin_name(self) -> str:
         """The name this plugin is known by (``name``, else the class name in lower case)."""
-        return cls.name or cls.__name__.lower()
+        return self.name or type(self).__name__.lower()
 
     @classmethod
     def option_defaults(cls) -> dict[str, Any]:

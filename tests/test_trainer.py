@@ -1,0 +1,234 @@
+"""The trainer: hook order, resume equivalence, checkpoints, interruption, bad input."""
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import fairdefense
+from fairdefense import ConfigError, FairnessPlugin, LossWeights, NonFiniteLossError, Trainer, TrainConfig
+from fairdefense.api import build_trainer
+from fairdefense.checkpoint import load_checkpoint, save_checkpoint
+from fairdefense.errors import MissingDependencyError, require
+
+FAST = dict(attack_steps=1, batch_size=512, device="cpu", val_steps=1)
+
+
+class Recorder(FairnessPlugin):
+    """Implements every hook and records the calls."""
+
+    name = "recorder"
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def configure(self, config, run):
+        self.calls.append("configure")
+
+    def on_epoch_start(self, epoch):
+        self.calls.append("on_epoch_start")
+
+    def remargin(self, batch):
+        self.calls.append("remargin")
+
+    def select_examples(self, batch, record):
+        self.calls.append("select_examples")
+
+    def perturb_weights(self, batch, x_adv):
+        self.calls.append("perturb_weights")
+
+    def reweight(self, batch, outputs):
+        self.calls.append("reweight")
+
+    def extra_loss(self, batch, outputs):
+        self.calls.append("extra_loss")
+
+    def on_epoch_end(self, epoch, train_stats):
+        self.calls.append("on_epoch_end")
+
+    def on_validation(self, epoch, report):
+        self.calls.append("on_validation")
+
+    def weights_to_evaluate(self, epoch):
+        self.calls.append("weights_to_evaluate")
+
+    def plugin_state(self):
+        self.calls.append("plugin_state")
+
+    def load_plugin_state(self, state):
+        self.calls.append("load_plugin_state")
+
+
+def test_hook_call_order_for_one_epoch(tmp_path):
+    rec = Recorder()
+    build_trainer(TrainConfig(epochs=1, out=str(tmp_path), **FAST), [rec], progress=False).fit()
+    per_batch = ["remargin", "select_examples", "perturb_weights", "reweight", "extra_loss"]
+    n_batches = rec.calls.count("remargin")
+    assert n_batches == 3  # 1,293 training images after the 10% validation split, batches of 512
+    assert rec.calls == (
+        ["configure", "plugin_state", "on_epoch_start"] + per_batch * n_batches
+        + ["on_epoch_end", "on_validation", "weights_to_evaluate", "plugin_state"]
+    )
+
+
+def test_validation_is_computed_once_per_epoch_whatever_the_number_of_readers(monkeypatch):
+    import fairdefense.trainer as trainer_module
+
+    calls = []
+    real = trainer_module.evaluate
+    monkeypatch.setattr(trainer_module, "evaluate", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+
+    class Reader(FairnessPlugin):
+        def on_validation(self, epoch, report):
+            self.seen = report
+
+    a, b = Reader(), Reader()
+    a.name, b.name = "reader-a", "reader-b"
+    build_trainer(TrainConfig(epochs=1, eval_every=0, **FAST), [a, b], progress=False).fit()
+    assert calls == [["pgd1"], ("pgd20",)]  # one validation pass, then the final test evaluation
+    assert a.seen is b.seen
+
+
+class Stateful(FairnessPlugin):
+    """Weights the robust loss by a state that changes every batch; interrupts once on request."""
+
+    name = "stateful"
+
+    @dataclass
+    class Options:
+        interrupt_at_epoch: int = -1
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.seen = torch.zeros(10)
+
+    def on_epoch_start(self, epoch):
+        if epoch.epoch == self.options.interrupt_at_epoch:
+            raise KeyboardInterrupt
+
+    def reweight(self, batch, outputs):
+        self.seen += torch.bincount(batch.y, minlength=10)
+        w = 1.0 + self.seen / self.seen.sum()
+        return LossWeights(robust=w[batch.y])
+
+    def plugin_state(self):
+        return {"seen": self.seen.clone()}
+
+    def load_plugin_state(self, state):
+        self.seen = state["seen"].clone()
+
+
+def test_resume_continues_exactly(tmp_path):
+    config = dict(epochs=2, objective="trades", **FAST)
+    plugin = Stateful()
+    straight = build_trainer(TrainConfig(out=str(tmp_path / "a"), **config), [plugin], progress=False).fit()
+
+    interrupted = build_trainer(TrainConfig(out=str(tmp_path / "b"), **config), [Stateful(interrupt_at_epoch=1)], progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit()
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["epoch"] == 1  # Ctrl-C left a resumable checkpoint
+
+    resumed = build_trainer(TrainConfig(out=str(tmp_path / "b"), **config), [Stateful()], progress=False)
+    resumed.resume(tmp_path / "b" / "last.pt")
+    result = resumed.fit()
+    for (name, a), b in zip(straight.model.state_dict().items(), result.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert torch.equal(resumed.host.plugins["stateful"].seen, plugin.seen)
+    assert [e["loss"] for e in result.history] == [e["loss"] for e in straight.history]
+
+
+def test_checkpoint_contents_load_with_weights_only(tmp_path):
+    fairdefense.train(TrainConfig(epochs=1, out=str(tmp_path), **FAST), progress=False)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["format"] == 1
+    assert {"model", "optimizer", "scheduler", "rng", "plugins", "config", "versions", "data"} <= set(state)
+    assert state["config"]["eps"] == 0.2 and state["versions"]["torch"] == torch.__version__
+    assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 1
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"epoch": 1}, path)
+
+    def broken_save(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({"epoch": 2}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    class Explode(FairnessPlugin):
+        name = "explode"
+
+        def reweight(self, batch, outputs):
+            w = 3e38 if batch.epoch == 1 else 1.0
+            return LossWeights(robust=torch.full((len(batch.y),), w))
+
+    trainer = build_trainer(TrainConfig(epochs=2, out=str(tmp_path), **FAST), [Explode()], progress=False)
+    with pytest.raises(NonFiniteLossError, match="at epoch 2, batch 1") as info:
+        trainer.fit()
+    assert (info.value.epoch, info.value.batch) == (2, 1)
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
+
+
+def test_fine_tuning_from_checkpoint_or_plain_state_dict(tmp_path):
+    result = fairdefense.train(TrainConfig(epochs=1, out=str(tmp_path / "run"), **FAST), progress=False)
+    torch.save(result.model.state_dict(), tmp_path / "plain.pt")
+    for source in (tmp_path / "run" / "last.pt", tmp_path / "plain.pt"):
+        trainer = build_trainer(TrainConfig(epochs=1, init=str(source), **FAST), progress=False)
+        for a, b in zip(trainer.model.state_dict().values(), result.model.state_dict().values()):
+            assert torch.equal(a, b)
+    torch.save({"weight": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(ConfigError, match="do not fit this model"):
+        build_trainer(TrainConfig(epochs=1, init=str(tmp_path / "other.pt"), **FAST), progress=False)
+
+
+def test_learning_rate_schedules():
+    def lrs(schedule, epochs=4):
+        t = build_trainer(TrainConfig(epochs=epochs, lr=0.1, schedule=schedule, **FAST), progress=False)
+        out = []
+        for _ in range(epochs):
+            out.append(t.optimizer.param_groups[0]["lr"])
+            t.optimizer.step()
+            t.scheduler.step()
+        return out
+
+    assert lrs("multistep") == pytest.approx([0.1, 0.1, 0.01, 0.001])
+    assert lrs("cosine") == pytest.approx([0.1 * (1 + torch.cos(torch.tensor(torch.pi * e / 4)).item()) / 2 for e in range(4)])
+    assert lrs("constant") == pytest.approx([0.1] * 4)
+
+
+def tiny_data(labels):
+    return TensorDataset(torch.rand(len(labels), 1, 8, 8), torch.tensor(labels))
+
+
+def test_labels_outside_the_classes_are_refused():
+    model = fairdefense.create_model("small_cnn", 3, (1, 8, 8))
+    with pytest.raises(ConfigError, match=r"labels must lie in 0..2.*found 0..3"):
+        Trainer(model, tiny_data([0, 1, 3]), ["a", "b", "c"], TrainConfig(**FAST), progress=False)
+
+
+def test_model_output_width_must_match_classes():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 5))
+    with pytest.raises(ConfigError, match=r"outputs shape \(5,\).*3 classes"):
+        Trainer(model, tiny_data([0, 1, 2]), ["a", "b", "c"], TrainConfig(**FAST), progress=False)
+
+
+@pytest.mark.parametrize("eps, message", [(0.0, "eps must be > 0"), (-0.1, "eps must be > 0"), (1.0, "not smaller than the input range")])
+def test_eps_out_of_range(eps, message):
+    with pytest.raises(ConfigError, match=message):
+        build_trainer(TrainConfig(eps=eps, **FAST), progress=False)
+
+
+def test_missing_optional_dependency_names_the_extra():
+    with pytest.raises(MissingDependencyError, match=r"pip install 'fairdefense\[test\]'"):
+        require("a_module_that_is_not_installed", "test", "The FAAL solver check")
