@@ -19,6 +19,7 @@ __all__ = [
     "register_model",
     "list_models",
     "create_model",
+    "model_factory",
     "Normalized",
     "SmallCNN",
     "PreActResNet",
@@ -49,6 +50,15 @@ def list_models(filter: str = "") -> list[str]:
     return [n for n in names if fnmatch.fnmatch(n, filter)] if filter else names
 
 
+def model_factory(name: str) -> Callable[..., nn.Module]:
+    """The factory registered as ``name``; unknown names suggest the nearest ones."""
+    if name not in MODELS:
+        near = difflib.get_close_matches(name, list(MODELS), n=3, cutoff=0.5)
+        hint = f" Did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
+        raise ConfigError(f"unknown model {name!r}.{hint} Available: {', '.join(list_models())}.")
+    return MODELS[name]
+
+
 def create_model(
     name: str,
     num_classes: int,
@@ -57,9 +67,5 @@ def create_model(
     std: tuple[float, ...] | None = None,
 ) -> nn.Module:
     """Build a registered model; with ``mean``/``std`` it is wrapped in :class:`Normalized`."""
-    if name not in MODELS:
-        near = difflib.get_close_matches(name, list(MODELS), n=3, cutoff=0.5)
-        hint = f" Did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
-        raise ConfigError(f"unknown model {name!r}.{hint} Available: {', '.join(list_models())}.")
-    net = MODELS[name](num_classes=num_classes, input_shape=tuple(input_shape))
+    net = model_factory(name)(num_classes=num_classes, input_shape=tuple(input_shape))
     return Normalized(net, mean, std) if mean is not None else net
