@@ -46,6 +46,10 @@ class TrainConfig:
     select_best: bool | None = None
     seed: int = 0
     device: str | None = None
+    amp: str | None = None
+    channels_last: bool | None = None
+    compile: bool | None = None
+    workers: int | None = None
     init: str | None = None
     out: str | None = None
     plugins: tuple[str, ...] = ()
@@ -92,6 +96,10 @@ DEFAULTS: dict[str, Any] = {
     "eval_attacks": ("pgd20",),
     "eval_every": 1,
     "select_best": False,
+    "amp": "off",
+    "channels_last": False,
+    "compile": False,
+    "workers": 0,
 }
 
 
@@ -138,5 +146,7 @@ def _check(c: TrainConfig, clip: tuple | None) -> None:
         raise ConfigError(f"schedule must be 'multistep', 'cosine' or 'constant', got {c.schedule!r}.")
     if c.val_size < 0:
         raise ConfigError(f"val_size must be >= 0 (a fraction < 1 or a count per class), got {c.val_size}.")
+    if c.amp not in ("off", "bf16", "fp16"):
+        raise ConfigError(f"amp must be 'off', 'bf16' or 'fp16', got {c.amp!r}.")
     if c.early_stop_extra_steps < 0:
         raise ConfigError(f"early_stop_extra_steps must be >= 0, got {c.early_stop_extra_steps}.")

@@ -160,6 +160,12 @@ class Trainer:
         self.device = device
         self.clip = clip
         self.model = model.to(device)
+        if self.config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        # attacks and loss forward through ``net`` (compiled if asked); plugins see the module itself
+        self.net: nn.Module = torch.compile(self.model) if self.config.compile else self.model
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.amp)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.config.amp == "fp16")
         self.objective = make_objective(self.config.objective, self.config.beta)
         self.progress = progress
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -227,13 +233,17 @@ class Trainer:
         return torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)
 
     def _loader(self, data: Dataset, shuffle: bool) -> DataLoader:
+        workers = self.config.workers
         return DataLoader(
-            data, batch_size=self.config.batch_size, shuffle=shuffle,
+            data, batch_size=self.config.batch_size, shuffle=shuffle, num_workers=workers,
             generator=self.shuffle if shuffle else None, pin_memory=self.device.type == "cuda",
         )
 
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
     # -------------------------------------------------------------- one batch
-    def _batch(self, epoch: int, index: int, x: Tensor, y: Tensor, stats: ClassStats) -> tuple[Tensor, int]:
+    def _batch(self, epoch: int, index: int, x: Tensor, y: Tensor, stats: ClassStats) -> tuple[float, int]:
         c = self.config
         info = BatchInfo(epoch, index, self.global_step, x, y, self.model, self.objective, c.eps, c.eps_step, self.run)
         margins = self.host.remargin(info)
@@ -247,11 +257,12 @@ class Trainer:
         attack = dict(norm=c.norm, loss=self.objective.attack_loss, random_start=self.objective.random_start, clip=self.clip)
         self.model.eval()
         record: AttackRecord | None = None
-        if self.host.implements("select_examples"):
-            record = pgd_early_stop(self.model, x, y, eps, step, c.attack_steps, extra_steps=c.early_stop_extra_steps, **attack)
-            x_adv, steps = record.x_adv, record.steps
-        else:
-            x_adv, steps = pgd(self.model, x, y, eps, step, c.attack_steps, **attack), c.attack_steps
+        with self._autocast():
+            if self.host.implements("select_examples"):
+                record = pgd_early_stop(self.net, x, y, eps, step, c.attack_steps, extra_steps=c.early_stop_extra_steps, **attack)
+                x_adv, steps = record.x_adv, record.steps
+            else:
+                x_adv, steps = pgd(self.net, x, y, eps, step, c.attack_steps, **attack), c.attack_steps
         self.model.train()
         x_natural = None
         if record is not None:
@@ -265,7 +276,8 @@ class Trainer:
             with torch.no_grad():
                 for name, delta in perturbation.items():
                     params[name].add_(delta)
-        terms = self.objective.terms(self.model, x, y, x_adv, x_natural)
+        with self._autocast():
+            terms = self.objective.terms(self.net, x, y, x_adv, x_natural)
         outputs = BatchOutputs(
             x_natural=x if x_natural is None else x_natural, x_adv=x_adv,
             logits_clean=terms.logits_clean, logits_natural=terms.logits_natural, logits_adv=terms.logits_adv,
@@ -273,10 +285,11 @@ class Trainer:
             eps=torch.as_tensor(eps, dtype=x.dtype, device=x.device).expand(len(y)), record=record,
         )
         w_natural, w_robust = self.host.reweight(info, outputs)
-        loss = self.objective.reduce(terms, w_natural, w_robust)
-        extra = self.host.extra_loss(info, outputs)
-        if extra is not None:
-            loss = loss + extra
+        with self._autocast():
+            loss = self.objective.reduce(terms, w_natural, w_robust)
+            extra = self.host.extra_loss(info, outputs)
+            if extra is not None:
+                loss = loss + extra
         value = loss.item()
         if not math.isfinite(value):
             raise NonFiniteLossError(
@@ -286,8 +299,9 @@ class Trainer:
                 epoch=epoch + 1, batch=index + 1,
             )
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         if perturbation:
             with torch.no_grad():
                 for name, delta in perturbation.items():
@@ -295,7 +309,7 @@ class Trainer:
         clean = None if terms.logits_clean is None else terms.logits_clean.detach()
         stats.update(y, terms.logits_adv.detach(), clean)
         self.global_step += 1
-        return torch.tensor(value), steps
+        return value, steps
 
     # -------------------------------------------------------------- one epoch
     def _epoch_info(self, epoch: int) -> EpochInfo:
@@ -325,14 +339,18 @@ class Trainer:
         loss_sum, steps_sum, n_batches, n_samples = 0.0, 0, 0, 0
         for index, (x, y) in enumerate(bar):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True).long()
+            if self.config.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
             loss, steps = self._batch(epoch, index, x, y, stats)
-            loss_sum += loss.item()
+            loss_sum += loss
             steps_sum += steps
             n_batches += 1
             n_samples += len(y)
             if self.progress:
                 rob = summarize(stats.robust_acc, higher_is_worse=False)
-                bar.set_postfix(loss=f"{loss_sum / n_batches:.3f}", rob_avg=f"{rob['avg']:.3f}", rob_worst=f"{rob['worst']:.3f}")
+                rate = n_samples / (time.perf_counter() - start)
+                bar.set_postfix(loss=f"{loss_sum / n_batches:.3f}", rob_avg=f"{rob['avg']:.3f}",
+                                rob_worst=f"{rob['worst']:.3f}", img_s=f"{rate:.0f}")
         train_time = time.perf_counter() - start
         self.host.notify("on_epoch_end", epoch=info, train_stats=stats)
         entry: dict[str, Any] = {
@@ -416,6 +434,7 @@ class Trainer:
             "eval_model": self._eval_state,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "rng": {**rng_state(), "shuffle": self.shuffle.get_state()},
             "plugins": self.host.state(),
             "plugin_names": list(self.host.plugins),
@@ -445,6 +464,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
         self.host.load_state(state["plugins"])
         set_rng_state({k: v for k, v in state["rng"].items() if k != "shuffle"})
         self.shuffle.set_state(state["rng"]["shuffle"])

@@ -232,3 +232,11 @@ def test_eps_out_of_range(eps, message):
 def test_missing_optional_dependency_names_the_extra():
     with pytest.raises(MissingDependencyError, match=r"pip install 'fairdefense\[test\]'"):
         require("a_module_that_is_not_installed", "test", "The FAAL solver check")
+
+
+def test_mixed_precision_and_channels_last_train_on_cpu():
+    result = fairdefense.train(TrainConfig(epochs=1, amp="bf16", channels_last=True, **FAST), progress=False)
+    assert result.history[0]["images_per_s"] > 0
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())
+    with pytest.raises(ConfigError, match="amp must be"):
+        build_trainer(TrainConfig(amp="fp8", **FAST), progress=False)

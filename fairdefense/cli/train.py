@@ -43,6 +43,10 @@ def add_parser(sub) -> None:
     p.add_argument("--val-size", type=float, help="validation samples per class (count >= 1 or fraction < 1)")
     p.add_argument("--select-best", action="store_true", default=None,
                    help="also keep best.pt, the epoch with the highest average + worst-class validation robust accuracy")
+    p.add_argument("--amp", choices=["off", "bf16", "fp16"], help="mixed precision (fp16 uses a gradient scaler)")
+    p.add_argument("--channels-last", action="store_true", default=None, help="channels_last memory format")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model's forward")
+    p.add_argument("--workers", type=int, help="data loader worker processes (default 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--init", metavar="CKPT", help="fine-tune from these weights (checkpoint or state_dict)")
@@ -64,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
             dataset=args.dataset, data_dir=args.data_dir, model=args.model, objective=args.objective, beta=args.beta,
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule, eps=args.eps,
             eps_step=args.eps_step, attack_steps=args.attack_steps, norm=args.norm, val_size=args.val_size,
-            select_best=args.select_best, seed=args.seed, device=args.device, init=args.init, out=args.out,
+            select_best=args.select_best, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
+            workers=args.workers, seed=args.seed, device=args.device, init=args.init, out=args.out,
             plugins=tuple(args.plugin), plugin_options=parse_plugin_options(args.option),
         )
         trainer = build_trainer(config, progress=progress)
