@@ -234,14 +234,31 @@ def test_out_of_range_options_are_refused():
 
 
 # ------------------------------------------------------------------ end to end
-def test_trains_one_epoch_from_python(tiny_config):
-    plugin = FRL(val_steps=2)
-    result = fairdefense.train(tiny_config, plugins=[plugin], progress=False)
-    assert (result.config.objective, result.config.beta, result.config.val_steps) == ("trades", 1.5, 2)
-    val = fairdefense.ClassReport.from_dict(result.history[0]["val"])
+def boundary_violation(entry):
+    """g1 = b - pooled Bd - tau2 from an epoch's logged validation report."""
+    val = fairdefense.ClassReport.from_dict(entry["val"])
     b = val.boundary_error()
-    pooled = (b * val.counts).sum() / val.counts.sum()
-    torch.testing.assert_close(plugin.lam2, 0.2 * (b - pooled - 0.07))
+    return b - (b * val.counts).sum() / val.counts.sum() - 0.07
+
+
+def test_trains_from_python_and_resumes_exactly(tmp_path):
+    settings = dict(
+        attack_steps=2, batch_size=256, device="cpu", schedule="constant", eval_attacks=("pgd2",),
+        plugins=("frl",), plugin_options={"frl": {"val_steps": 2}},
+    )
+    straight = fairdefense.train(epochs=2, out=str(tmp_path / "a"), progress=False, **settings)
+    assert (straight.config.objective, straight.config.beta, straight.config.val_steps) == ("trades", 1.5, 2)
+    state = load_checkpoint(tmp_path / "a" / "last.pt")["plugins"]["frl"]
+    # lam2 = a2 * (g1 after epoch 1 + g1 after epoch 2), from the logged validation reports
+    expected = 0.2 * (boundary_violation(straight.history[0]) + boundary_violation(straight.history[1]))
+    torch.testing.assert_close(state["lam2"], expected)
+
+    fairdefense.train(epochs=1, out=str(tmp_path / "b"), progress=False, **settings)
+    resumed = fairdefense.resume(tmp_path / "b" / "last.pt", epochs=2, progress=False)
+    # epoch 2 trains with the multipliers saved after epoch 1: identical weights only if they were restored
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["plugins"]["frl"]["lam0"].equal(state["lam0"])
 
 
 def test_trains_one_epoch_from_the_cli(tmp_path):
