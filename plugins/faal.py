@@ -155,10 +155,11 @@ def class_margin_sums(logits: Tensor, y: Tensor, num_classes: int) -> Tensor:
 
     ``m_i = max_{j != y_i} softmax(logits_i)_j - softmax(logits_i)_{y_i}`` (the CW
     margin on softmax outputs, in ``[-1, 1]``). ``a_c = n_c m_c`` with ``m_c`` the
-    class's mean margin; absent classes give 0. No gradient.
+    class's mean margin; absent classes give 0. Computed in at least float32 (under
+    mixed precision the logits may be half precision). No gradient.
     """
     with torch.no_grad():
-        prob = torch.softmax(logits.detach(), dim=1)
+        prob = torch.softmax(logits.detach().to(torch.promote_types(logits.dtype, torch.float32)), dim=1)
         own = prob.gather(1, y.unsqueeze(1)).squeeze(1)
         other = prob.scatter(1, y.unsqueeze(1), -math.inf).max(dim=1).values
         margins = other - own

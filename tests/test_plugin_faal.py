@@ -153,6 +153,8 @@ def test_class_margin_sums_by_hand():
     logits = torch.log(torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.5, 0.4], [0.3, 0.3, 0.4]]))
     a = class_margin_sums(logits, torch.tensor([0, 2, 0]), 3)
     assert torch.allclose(a, torch.tensor([(0.2 - 0.7) + (0.4 - 0.3), 0.0, 0.5 - 0.4]), atol=1e-6)
+    half = class_margin_sums(logits.bfloat16(), torch.tensor([0, 2, 0]), 3)  # mixed precision: sums in float32
+    assert half.dtype == torch.float32 and torch.allclose(half, a, atol=2e-2)
 
 
 def test_schedule_and_begin():
