@@ -100,8 +100,10 @@ class _Manager(pluggy.PluginManager):
 
     def parse_hookimpl_opts(self, plugin: Any, name: str):  # noqa: D102 (pluggy API)
         opts = super().parse_hookimpl_opts(plugin, name)
-        if opts is None and isinstance(plugin, FairnessPlugin) and name in HOOK_NAMES:
-            if callable(getattr(plugin, name, None)):
+        if isinstance(plugin, FairnessPlugin) and name in HOOK_NAMES:
+            if name in plugin.inactive_hooks():
+                return None
+            if opts is None and callable(getattr(plugin, name, None)):
                 return {}
         return opts
 

@@ -108,7 +108,7 @@ class FairnessPlugin:
     that lists the valid ones. The parsed options are in ``self.options``.
 
     Any public method whose name is a hook is registered as that hook's
-    implementation; a public method whose name is close to a hook's name but is
+    implementation (except those :meth:`inactive_hooks` names); a public method whose name is close to a hook's name but is
     not one is refused at registration (it is almost certainly a typo).
     """
 
@@ -131,6 +131,15 @@ class FairnessPlugin:
     def option_defaults(cls) -> dict[str, Any]:
         """The options and their default values."""
         return dataclasses.asdict(cls.Options())
+
+    def inactive_hooks(self) -> frozenset[str]:
+        """Hooks this instance leaves out with its current options (they are not registered).
+
+        Override it when an option switches a part of the strategy off, so that the
+        part does not claim an exclusive hook: e.g. CFA without FAWA does not
+        implement ``weights_to_evaluate`` and combines with EMA.
+        """
+        return frozenset()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.options})"

@@ -220,3 +220,29 @@ def test_list_plugins_reports_installed_strategies():
     assert {"bat", "frl", "faal", "cfa"} <= set(infos)
     assert all(info.distribution == "fairdefense" for name, info in infos.items() if name in {"bat", "frl"})
     assert fairdefense.list_plugins("fa") == [i for i in infos.values() if "fa" in i.name]
+
+
+def test_inactive_hooks_are_not_registered_and_free_exclusive_hooks():
+    class Averager(FairnessPlugin):
+        @dataclass
+        class Options:
+            average: bool = True
+
+        def on_epoch_end(self, epoch, train_stats):
+            return None
+
+        def weights_to_evaluate(self, epoch):
+            return None
+
+        def inactive_hooks(self):
+            return frozenset() if self.options.average else frozenset({"weights_to_evaluate"})
+
+    first, second = Averager(average=False), Averager()
+    first.name, second.name = "first", "second"
+    host = PluginHost([first, second])
+    assert [i.plugin_name for i in host._impls("weights_to_evaluate")] == ["second"]
+    assert [i.plugin_name for i in host._impls("on_epoch_end")] == ["first", "second"]
+    both = Averager()
+    both.name = "both"
+    with pytest.raises(PluginError, match="exclusive hook 'weights_to_evaluate'"):
+        PluginHost([second, both])
