@@ -44,8 +44,8 @@ of classes attaining ``max a`` and ``delta`` the gap to the next value:
 The solver searches ``log s`` in ``[log s_lo, log s_hi]``: KL is 1-Lipschitz in
 ``log s`` (``|dKL / dlog s| = s Var(u) / mean(u) <= max(s u) <= 1``), so a bracket
 of width ``W`` narrowed ``N`` times bounds the KL error by ``W / N``. Each round
-evaluates KL at ``_GRID`` points of the bracket at once (a vectorised
-multi-section: bisection with ``_GRID - 1`` cuts per round) and keeps the cell
+splits the bracket into ``_GRID`` cells, evaluates KL at all their ends at once (a
+vectorised multi-section; bisection is the case of 2 cells) and keeps the cell
 where KL crosses ``r``; ``_ROUNDS`` rounds shrink it by ``_GRID ** _ROUNDS``
 (about 7e10), far below the tolerances below for any bracket met in practice.
 Everything runs in double precision, in the log domain (``log u_c =
@@ -89,7 +89,7 @@ import fairdefense
 
 __all__ = ["FAAL", "solve_dro_weights", "class_margin_sums"]
 
-#: Points evaluated per round of the vectorised multi-section (cells per round).
+#: Cells the bracket is split into per round of the vectorised multi-section.
 _GRID = 64
 #: Rounds of multi-section: the bracket on ``log s`` shrinks by ``_GRID ** _ROUNDS``.
 _ROUNDS = 6
