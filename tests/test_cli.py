@@ -77,3 +77,15 @@ def test_third_party_plugin_package_installs_and_trains(tmp_path):
 
 def env_path() -> str:
     return os.environ.get("PYTHONPATH", "")
+
+
+def test_recipe_dry_run_prints_the_resolved_config_with_overrides(capsys):
+    assert main(["train", "--recipe", "cfa-cifar10-prn18", "--epochs", "100", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert 'dataset = "cifar10"' in out and "epochs = 100" in out and 'plugins = ["cfa"]' in out
+    assert "eps_step = " in out  # resolved, not left unset
+
+
+def test_fine_tuning_recipe_without_init_is_a_clear_error(capsys):
+    assert main(["train", "--recipe", "frl-rwrm-cifar10-prn18", "--no-progress"]) == 2
+    assert "--init" in capsys.readouterr().err

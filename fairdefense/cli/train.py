@@ -28,7 +28,9 @@ def add_parser(sub) -> None:
     p.add_argument("--plugin", action="append", default=[], metavar="NAME", help="activate a plugin (repeatable)")
     p.add_argument("-o", "--option", action="append", default=[], metavar="PLUGIN.KEY=VALUE", help="plugin option (repeatable)")
     p.add_argument("--objective", choices=["at", "trades"], help="base objective (default: at, or what the plugin needs)")
-    p.add_argument("--dataset", default="digits", help="dataset name (default: digits, embedded)")
+    p.add_argument("--recipe", metavar="NAME", help="start from a named recipe (see 'fairdefense recipes'); flags override it")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config as TOML and exit without training")
+    p.add_argument("--dataset", help="dataset name (default: digits, embedded)")
     p.add_argument("--data-dir", help="where datasets are stored / downloaded")
     p.add_argument("--model", help="model name (default: the dataset's)")
     p.add_argument("--epochs", type=int)
@@ -47,7 +49,7 @@ def add_parser(sub) -> None:
     p.add_argument("--channels-last", action="store_true", default=None, help="channels_last memory format")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model's forward")
     p.add_argument("--workers", type=int, help="data loader worker processes (default 0)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help="seed of initialisation, data order and attacks (default 0)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--init", metavar="CKPT", help="fine-tune from these weights (checkpoint or state_dict)")
     p.add_argument("--resume", metavar="CKPT", help="continue an interrupted run exactly")
@@ -55,23 +57,40 @@ def add_parser(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _config(args: argparse.Namespace):
+    """The TrainConfig of the command line: the recipe's settings (if any) with the flags on top."""
+    from fairdefense.config import TrainConfig
+
+    given = {
+        "dataset": args.dataset, "data_dir": args.data_dir, "model": args.model, "objective": args.objective,
+        "beta": args.beta, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+        "schedule": args.schedule, "eps": args.eps, "eps_step": args.eps_step, "attack_steps": args.attack_steps,
+        "norm": args.norm, "val_size": args.val_size, "select_best": args.select_best, "amp": args.amp,
+        "channels_last": args.channels_last, "compile": args.compile, "workers": args.workers, "seed": args.seed,
+        "device": args.device, "init": args.init, "out": args.out,
+        "plugins": tuple(args.plugin) or None, "plugin_options": parse_plugin_options(args.option) or None,
+    }
+    if args.recipe:
+        from fairdefense.recipes import recipe_config
+
+        return recipe_config(args.recipe, given, require_init=not args.dry_run)
+    return TrainConfig.from_dict({k: v for k, v in given.items() if v is not None})
+
+
 def run(args: argparse.Namespace) -> int:
     from fairdefense.api import build_trainer, default_run_dir, resume
-    from fairdefense.config import TrainConfig
     from fairdefense.report import format_report
 
     progress = not args.no_progress
     if args.resume:
         result = resume(args.resume, epochs=args.epochs, progress=progress)
     else:
-        config = TrainConfig(
-            dataset=args.dataset, data_dir=args.data_dir, model=args.model, objective=args.objective, beta=args.beta,
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule, eps=args.eps,
-            eps_step=args.eps_step, attack_steps=args.attack_steps, norm=args.norm, val_size=args.val_size,
-            select_best=args.select_best, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
-            workers=args.workers, seed=args.seed, device=args.device, init=args.init, out=args.out,
-            plugins=tuple(args.plugin), plugin_options=parse_plugin_options(args.option),
-        )
+        config = _config(args)
+        if args.dry_run:
+            from fairdefense.recipes import config_to_toml, resolve_offline
+
+            print(config_to_toml(resolve_offline(config)))
+            return 0
         trainer = build_trainer(config, progress=progress)
         if trainer.run_dir is None:
             trainer.run_dir = default_run_dir(trainer.config)
