@@ -65,9 +65,9 @@ def test_ccm_radii_against_hand_computation():
     assert margins.step is None
     assert margins.eps.dtype == torch.float32
 
-    margins = CFA(lambda1=0.3, begin=0)
-    margins.on_epoch_end(train_stats=trained_stats())
-    torch.testing.assert_close(margins.remargin(batch=batch_info(0, y)).eps, torch.tensor([0.55, 1.3, 0.6]) * EPS)
+    trades_paper = CFA(lambda1=0.3, begin=0)
+    trades_paper.on_epoch_end(train_stats=trained_stats())
+    torch.testing.assert_close(trades_paper.remargin(batch=batch_info(0, y)).eps, torch.tensor([0.55, 1.3, 0.6]) * EPS)
 
 
 def test_ccr_weights_against_hand_computation():
@@ -185,9 +185,9 @@ def test_state_round_trip():
     restored = CFA(begin=0)
     restored.load_plugin_state(torch.load(buffer, weights_only=True))
 
-    y = torch.tensor([2, 0, 1])
-    torch.testing.assert_close(restored.remargin(batch=batch_info(4, y)).eps, cfa.remargin(batch=batch_info(4, y)).eps)
-    torch.testing.assert_close(restored.reweight(batch=batch_info(4, y)).robust, cfa.reweight(batch=batch_info(4, y)).robust)
+    batch = batch_info(4, torch.tensor([2, 0, 1]))
+    torch.testing.assert_close(restored.remargin(batch=batch).eps, cfa.remargin(batch=batch).eps)
+    torch.testing.assert_close(restored.reweight(batch=batch).robust, cfa.reweight(batch=batch).robust)
     original, loaded = cfa.weights_to_evaluate(), restored.weights_to_evaluate()
     assert all(torch.equal(original[k], loaded[k]) for k in original)
 
