@@ -41,6 +41,7 @@ class TrainConfig:
     early_stop_extra_steps: int | None = None
     val_size: float | None = None
     val_steps: int | None = None
+    validate_first: bool | None = None
     eval_attacks: tuple[str, ...] | None = None
     eval_every: int | None = None
     select_best: bool | None = None
@@ -93,6 +94,7 @@ DEFAULTS: dict[str, Any] = {
     "early_stop_extra_steps": 1,
     "val_size": 0.1,
     "val_steps": 10,
+    "validate_first": False,
     "eval_attacks": ("pgd20",),
     "eval_every": 1,
     "select_best": False,

@@ -122,7 +122,10 @@ def on_validation(epoch: "EpochInfo", report: "ClassReport") -> None:
     implements this hook (or best-checkpoint selection is on). The trainer holds
     out ``config.val_size`` training samples per class (stratified, fixed by the
     seed) and computes the report once per epoch, with the model in eval mode,
-    whatever the number of plugins that read it.
+    whatever the number of plugins that read it. If ``config.validate_first`` is
+    set (FRL's ``configure`` sets it: its code validates before every epoch), it
+    is also called once before the first epoch of a run, with ``epoch.epoch == -1``
+    (that report is logged as ``val_before`` in the first line of ``metrics.jsonl``).
 
     Receives: ``report``, a :class:`~fairdefense.metrics.ClassReport` with per-class
     clean and PGD accuracy (``config.val_steps`` steps of CE-PGD at the base radius,

@@ -321,6 +321,12 @@ class Trainer:
             norm=self.config.norm, clip=self.clip, device=self.device, seed=self.config.seed, losses=losses,
         )
 
+    def _validate(self, info: EpochInfo) -> ClassReport:
+        """The per-class validation report, computed once and handed to every ``on_validation``."""
+        report = self._evaluate(self.model, self.val_data, [f"pgd{self.config.val_steps}"], losses=True)
+        self.host.notify("on_validation", epoch=info, report=report)
+        return report
+
     def _eval_module(self) -> nn.Module:
         if self._eval_state is None:
             return self.model
@@ -367,8 +373,7 @@ class Trainer:
             },
         }
         if self.val_data is not None:
-            report = self._evaluate(self.model, self.val_data, [f"pgd{c.val_steps}"], losses=True)
-            self.host.notify("on_validation", epoch=info, report=report)
+            report = self._validate(info)
             entry["val"] = report.to_dict()
             acc = report.robust_acc[f"pgd{c.val_steps}"]
             score = summarize(acc, False)["avg"] + summarize(acc, False)["worst"]
@@ -394,10 +399,15 @@ class Trainer:
             (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2, default=str))
             if not (self.run_dir / "last.pt").exists():
                 self.save(self.run_dir / "last.pt")
+        before = None
+        if self.epoch == 0 and self.config.validate_first and self.val_data is not None:
+            before = self._validate(self._epoch_info(-1)).to_dict()
         epochs = tqdm(range(self.epoch, self.config.epochs), desc="training", disable=not self.progress)
         try:
             for epoch in epochs:
                 entry = self._run_epoch(epoch)
+                if before is not None:
+                    entry["val_before"], before = before, None
                 self.epoch = epoch + 1
                 self.history.append(entry)
                 if "test" in entry and self.progress:

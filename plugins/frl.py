@@ -44,15 +44,11 @@ settings (``--init``, ``--lr 0.001``, ``--schedule constant``), not forced here.
 
 Deviations and why:
 
-- Timing of the first update: the code validates and updates the multipliers
-  *before* every epoch, the first included (from the pre-trained model). The
-  trainer calls ``on_validation`` *after* every epoch, so the first epoch trains
-  with the initial multipliers (uniform weights, radius ``eps``) and epoch ``n``
-  (``n >= 2``) with the multipliers updated after epoch ``n - 1`` - the same
-  model is validated, one update fewer. The halving of ``a1`` is aligned with the
-  code's epoch numbering (the update made after 0-based epoch ``k`` serves epoch
-  ``k + 2`` in the code's 1-based count). The core has no hook before the first
-  epoch with validation metrics.
+- Timing of the updates: as in the code, the multipliers are updated from the
+  validation split *before* every epoch, the first included (``configure`` sets
+  ``validate_first``, so the trainer validates the initial model once before the
+  first epoch; the update after 0-based epoch ``k`` serves epoch ``k + 1``). The
+  halving of ``a1`` follows the code's 1-based epoch numbering.
 - Attack step: ``Margins.step = eps_step * max_i m_{y_i}`` with ``m_c = eps_c / eps``,
   which is the code's ``max_i eps_{y_i} / 4`` at the default ``eps_step = eps / 4``
   and follows a user's ``eps_step`` otherwise.
@@ -223,10 +219,16 @@ class FRL(fairdefense.FairnessPlugin):
         return o.a1 * o.a1_decay ** ((epoch + 2) // o.a1_decay_every)
 
     # ------------------------------------------------------------- hooks
+    def inactive_hooks(self) -> frozenset[str]:
+        """Variant rw keeps the base radius: it leaves ``remargin`` free (e.g. for CFA's CCM)."""
+        return frozenset({"remargin"}) if self.options.variant == "rw" else frozenset()
+
     def configure(self, config: "fairdefense.TrainConfig", run: "fairdefense.RunInfo") -> dict[str, Any]:
-        """TRADES with FRL's beta and a PGD-``val_steps`` validation split."""
+        """TRADES with FRL's beta, a PGD-``val_steps`` validation split, validated before the first epoch too."""
         self._reset(run.num_classes)
-        required: dict[str, Any] = {"objective": "trades", "beta": self.options.beta, "val_steps": self.options.val_steps}
+        required: dict[str, Any] = {
+            "objective": "trades", "beta": self.options.beta, "val_steps": self.options.val_steps, "validate_first": True,
+        }
         if self.options.val_size is not None:
             required["val_size"] = self.options.val_size
         return required

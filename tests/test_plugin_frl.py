@@ -197,7 +197,7 @@ def test_variant_rwrm_does_both():
 def test_configure_requires_trades_beta_and_validation():
     plugin = FRL(val_size=300)
     assert plugin.configure(config=fairdefense.TrainConfig(), run=run_info()) == {
-        "objective": "trades", "beta": 1.5, "val_steps": 20, "val_size": 300,
+        "objective": "trades", "beta": 1.5, "val_steps": 20, "validate_first": True, "val_size": 300,
     }
     assert "val_size" not in FRL().configure(config=fairdefense.TrainConfig(), run=run_info())
 
@@ -249,8 +249,11 @@ def test_trains_from_python_and_resumes_exactly(tmp_path):
     straight = fairdefense.train(epochs=2, out=str(tmp_path / "a"), progress=False, **settings)
     assert (straight.config.objective, straight.config.beta, straight.config.val_steps) == ("trades", 1.5, 2)
     state = load_checkpoint(tmp_path / "a" / "last.pt")["plugins"]["frl"]
-    # lam2 = a2 * (g1 after epoch 1 + g1 after epoch 2), from the logged validation reports
-    expected = 0.2 * (boundary_violation(straight.history[0]) + boundary_violation(straight.history[1]))
+    # lam2 = a2 * (g1 before training + g1 after epoch 1 + g1 after epoch 2), from the logged validation reports
+    first = straight.history[0]
+    expected = 0.2 * (
+        boundary_violation({"val": first["val_before"]}) + boundary_violation(first) + boundary_violation(straight.history[1])
+    )
     torch.testing.assert_close(state["lam2"], expected)
 
     fairdefense.train(epochs=1, out=str(tmp_path / "b"), progress=False, **settings)
@@ -270,3 +273,15 @@ def test_trains_one_epoch_from_the_cli(tmp_path):
     state = load_checkpoint(tmp_path / "last.pt")["plugins"]["frl"]
     assert torch.count_nonzero(state["lam2"]) == 0  # rw never adapts the radius
     assert state["lam0"].sum() <= 0.5 + 1e-12
+
+
+def test_variant_rw_leaves_the_exclusive_remargin_hook_free():
+    class Margin(fairdefense.FairnessPlugin):
+        name = "margin"
+
+        def remargin(self, batch):
+            return None
+
+    fairdefense.PluginHost([FRL(variant="rw"), Margin()])
+    with pytest.raises(fairdefense.PluginError, match="exclusive hook 'remargin'"):
+        fairdefense.PluginHost([FRL(variant="rwrm"), Margin()])

@@ -240,3 +240,22 @@ def test_mixed_precision_and_channels_last_train_on_cpu():
     assert all(torch.isfinite(p).all() for p in result.model.parameters())
     with pytest.raises(ConfigError, match="amp must be"):
         build_trainer(TrainConfig(amp="fp8", **FAST), progress=False)
+
+
+def test_validate_first_validates_the_initial_model_once_before_training():
+    class Reader(FairnessPlugin):
+        name = "reader"
+
+        def __init__(self):
+            super().__init__()
+            self.epochs = []
+
+        def configure(self, config, run):
+            return {"validate_first": True}
+
+        def on_validation(self, epoch, report):
+            self.epochs.append(epoch.epoch)
+
+    reader = Reader()
+    build_trainer(TrainConfig(epochs=2, eval_every=0, **FAST), [reader], progress=False).fit()
+    assert reader.epochs == [-1, 0, 1]
