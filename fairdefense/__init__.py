@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 from fairdefense.api import build_trainer, evaluate_checkpoint, resume, train
 from fairdefense.attacks import AttackRecord, pgd, pgd_early_stop
 from fairdefense.config import TrainConfig
+from fairdefense.data import DatasetBundle, dataset_spec, list_datasets, load_dataset
 from fairdefense.context import BatchInfo, BatchOutputs, EpochInfo, LossWeights, Margins, RunInfo, Selection
 from fairdefense.errors import (
     ConfigError,
@@ -66,6 +67,11 @@ __all__ = [
     "evaluate_checkpoint",
     "create_model",
     "list_models",
+    # data
+    "DatasetBundle",
+    "load_dataset",
+    "dataset_spec",
+    "list_datasets",
     # errors
     "FairDefenseError",
     "ConfigError",

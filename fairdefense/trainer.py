@@ -10,9 +10,9 @@ import copy
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -37,7 +37,7 @@ from fairdefense.metrics import ClassReport, ClassStats, summarize
 from fairdefense.objectives import make_objective
 from fairdefense.data.splits import per_class_split
 
-__all__ = ["Trainer", "TrainResult", "load_weights"]
+__all__ = ["Trainer", "TrainResult", "load_weights", "resolve_run"]
 
 
 @dataclass
@@ -93,6 +93,26 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     raise ConfigError(f"weights in {str(path)!r} do not fit this model: {errors[0]}")
 
 
+def resolve_run(
+    config: TrainConfig,
+    class_names: Sequence[str],
+    dataset_defaults: Mapping[str, Any],
+    clip: tuple | None,
+    plugins: Sequence[str | Any] = (),
+) -> tuple[TrainConfig, PluginHost, RunInfo]:
+    """Resolve ``config`` as a run does: activate ``config.plugins`` then ``plugins``, let
+    their ``configure`` hooks fill unset fields, then ``dataset_defaults``, then the
+    library's defaults. Returns the resolved config, the plugin host and the run info."""
+    config = copy.deepcopy(config)
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    host = PluginHost(list(config.plugins) + list(plugins), config.plugin_options)
+    config.plugins = tuple(host.plugins)
+    run = RunInfo(len(class_names), [str(c) for c in class_names], config, device)
+    required = host.configure(config, run, explicit=config.explicit())
+    run.config = resolve(config, dataset_defaults, required, clip)
+    return run.config, host, run
+
+
 class Trainer:
     """Adversarial training with fairness plugins.
 
@@ -145,18 +165,14 @@ class Trainer:
         run_dir: str | Path | None = None,
         progress: bool = True,
     ) -> None:
-        config = copy.deepcopy(config) if config is not None else TrainConfig()
         self.class_names = [str(c) for c in class_names]
         num_classes = len(self.class_names)
         if num_classes < 2:
             raise ConfigError(f"need at least 2 classes, got {num_classes}.")
-        device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.host = PluginHost(list(config.plugins) + list(plugins), config.plugin_options)
-        config.plugins = tuple(self.host.plugins)
-        self.run = RunInfo(num_classes, self.class_names, config, device)
-        required = self.host.configure(config, self.run, explicit=config.explicit())
-        self.config = resolve(config, dataset_defaults or {}, required, clip)
-        self.run.config = self.config
+        self.config, self.host, self.run = resolve_run(
+            config or TrainConfig(), self.class_names, dataset_defaults or {}, clip, plugins
+        )
+        device = self.run.device
         self.device = device
         self.clip = clip
         self.model = model.to(device)
@@ -372,13 +388,16 @@ class Trainer:
                 "summary": {"robust_acc": summarize(stats.robust_acc, False)},
             },
         }
-        if self.val_data is not None:
-            report = self._validate(info)
+        report = self._validate(info) if self.val_data is not None else None
+        if report is not None:
             entry["val"] = report.to_dict()
-            acc = report.robust_acc[f"pgd{c.val_steps}"]
-            score = summarize(acc, False)["avg"] + summarize(acc, False)["worst"]
-            entry["val_score"] = score
         self._eval_state = self.host.weights_to_evaluate(info)
+        if report is not None and c.select_best:
+            if self._eval_state is not None:  # score the weights that would be exported
+                report = self._evaluate(self._eval_module(), self.val_data, [f"pgd{c.val_steps}"])
+                entry["val_eval_weights"] = report.to_dict()
+            acc = summarize(report.robust_acc[f"pgd{c.val_steps}"], False)
+            entry["val_score"] = acc["avg"] + acc["worst"]
         last = epoch + 1 == c.epochs
         if self.test_data is not None and ((c.eval_every and (epoch + 1) % c.eval_every == 0) or last):
             entry["test"] = self._evaluate(self._eval_module(), self.test_data, c.eval_attacks).to_dict()
@@ -420,7 +439,7 @@ class Trainer:
                     with open(self.run_dir / "metrics.jsonl", "a") as f:
                         f.write(json.dumps(entry) + "\n")
                     self.save(self.run_dir / "last.pt")
-                    if improved and self.config.select_best:
+                    if improved:
                         self.save(self.run_dir / "best.pt")
         except KeyboardInterrupt:
             if self.run_dir is not None:

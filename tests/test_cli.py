@@ -5,7 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from fairdefense.cli import main
 from fairdefense.cli.train import parse_plugin_options

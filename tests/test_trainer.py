@@ -259,3 +259,23 @@ def test_validate_first_validates_the_initial_model_once_before_training():
     reader = Reader()
     build_trainer(TrainConfig(epochs=2, eval_every=0, **FAST), [reader], progress=False).fit()
     assert reader.epochs == [-1, 0, 1]
+
+
+def test_select_best_scores_the_weights_that_would_be_exported(tmp_path):
+    class Halve(FairnessPlugin):
+        """Supplies evaluation weights that differ from the trained ones."""
+
+        name = "halve"
+
+        def weights_to_evaluate(self, epoch):
+            return {k: v / 2 if v.is_floating_point() else v for k, v in epoch.model.state_dict().items()}
+
+    result = build_trainer(TrainConfig(epochs=2, select_best=True, eval_every=0, out=str(tmp_path), **FAST), [Halve()],
+                           progress=False).fit()
+    scores = []
+    for entry in result.history:
+        acc = fairdefense.ClassReport.from_dict(entry["val_eval_weights"]).summary()["pgd1/robust_acc"]
+        assert entry["val_score"] == pytest.approx(acc["avg"] + acc["worst"])
+        scores.append(entry["val_score"])
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best["epoch"] == result.best_epoch == 1 + scores.index(max(scores))

@@ -33,18 +33,16 @@ import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
-import torch
 
-from fairdefense.config import TrainConfig, resolve
-from fairdefense.context import RunInfo
+from fairdefense.config import TrainConfig
 from fairdefense.data import dataset_spec
 from fairdefense.errors import ConfigError
 from fairdefense.evaluation import parse_attack
-from fairdefense.manager import PluginHost
 from fairdefense.models import model_factory
 from fairdefense.plugin import FairnessPlugin
+from fairdefense.trainer import resolve_run
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -60,7 +58,6 @@ __all__ = [
     "recipe_config",
     "resolve_recipe",
     "resolve_offline",
-    "resolve_with_plugins",
     "config_to_toml",
 ]
 
@@ -221,28 +218,6 @@ def recipe_config(name: str, overrides: Mapping[str, Any] | None = None, *, requ
     return TrainConfig.from_dict(values)
 
 
-def resolve_with_plugins(
-    config: TrainConfig,
-    class_names: Sequence[str],
-    dataset_defaults: Mapping[str, Any],
-    clip: tuple | None,
-    plugins: Sequence[Any] = (),
-    device: torch.device | None = None,
-) -> tuple[TrainConfig, PluginHost, RunInfo]:
-    """Resolve ``config`` as a run does: activate its plugins (and ``plugins``), let their
-    ``configure`` hooks fill unset fields, then the dataset's defaults, then the
-    library's; returns the resolved config, the plugin host and the run info."""
-    config = copy.deepcopy(config)
-    device = device or torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    host = PluginHost(list(config.plugins) + list(plugins), config.plugin_options)
-    config.plugins = tuple(host.plugins)
-    run = RunInfo(len(class_names), [str(c) for c in class_names], config, device)
-    required = host.configure(config, run, explicit=config.explicit())
-    resolved = resolve(config, dataset_defaults, required, clip)
-    run.config = resolved
-    return resolved, host, run
-
-
 def resolve_offline(config: TrainConfig) -> TrainConfig:
     """The fully resolved config a run of ``config`` would use, without reading dataset
     files (from :func:`fairdefense.data.dataset_spec`); the model name is checked too.
@@ -250,7 +225,7 @@ def resolve_offline(config: TrainConfig) -> TrainConfig:
     ``plugin_options`` lists every option of every active plugin with the value it
     takes (defaults included, command-line strings converted)."""
     spec = dataset_spec(config.dataset, config.data_dir)
-    resolved, host, _ = resolve_with_plugins(config, spec.names(), spec.defaults, spec.clip)
+    resolved, host, _ = resolve_run(config, spec.names(), spec.defaults, spec.clip)
     resolved.plugin_options = {
         name: dataclasses.asdict(plugin.options) if isinstance(plugin, FairnessPlugin) else {}
         for name, plugin in host.plugins.items()
