@@ -265,6 +265,11 @@ class FairAdversarialTrainer(ARTTrainer):
                 "ReduceLROnPlateau needs a metric at every step, but the scheduler is stepped once per epoch "
                 "without one; use a schedule such as StepLR, MultiStepLR or CosineAnnealingLR."
             )
+        if self.config.out is not None and not callable(getattr(scheduler, "state_dict", None)):
+            raise ConfigError(
+                f"config.out is set, so checkpoints are written, but the scheduler {type(scheduler).__name__} has "
+                f"no state_dict() to save; give it state_dict()/load_state_dict() or leave config.out unset."
+            )
         driven = getattr(scheduler, "optimizer", None)
         if driven is not None and driven is not self.parts.optimizer:
             raise ConfigError("the scheduler drives another optimizer than the classifier's; build it on classifier.optimizer.")
