@@ -106,7 +106,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: stable timings on shared machines)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (1: stable timings on shared machines)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -253,7 +253,8 @@ def test_migration_reads_art_trainers():
     ours = from_art_trainer(madry, plugins=[CountingPlugin()], progress=False)
     c = ours.config
     assert ours.get_classifier() is clf and (ours.nb_epochs, ours.batch_size) == (3, 32)
-    assert (c.objective, c.eps, c.eps_step, c.attack_steps, c.norm, ours.num_random_init) == ("at", 0.2, 0.05, 2, "linf", 0)
+    read = (c.objective, c.eps, c.eps_step, c.attack_steps, c.norm, ours.num_random_init)
+    assert read == ("at", 0.2, 0.05, 2, "linf", 0)
     before = params(clf.model)
     x, y = digits(64)
     ours.fit(x, y, nb_epochs=1)

@@ -215,7 +215,9 @@ class FairAdversarialTrainer(ARTTrainer):
             test = TensorDataset(x_v, to_labels(y_val, nb, len(x_v), "validation_data[1]"))
         return self._train(TensorDataset(x_t, y_t), y_t, test, batch_size, nb_epochs, scheduler, progress)
 
-    def fit_generator(self, generator: Any, nb_epochs: int | None = None, scheduler: Any = None, **kwargs: Any) -> TrainResult:
+    def fit_generator(
+        self, generator: Any, nb_epochs: int | None = None, scheduler: Any = None, **kwargs: Any
+    ) -> TrainResult:
         """Train from an ART ``NumpyDataGenerator`` or ``PyTorchDataGenerator``.
 
         The generator's data and batch size are used; fairdefense shuffles and
@@ -272,7 +274,9 @@ class FairAdversarialTrainer(ARTTrainer):
             )
         driven = getattr(scheduler, "optimizer", None)
         if driven is not None and driven is not self.parts.optimizer:
-            raise ConfigError("the scheduler drives another optimizer than the classifier's; build it on classifier.optimizer.")
+            raise ConfigError(
+                "the scheduler drives another optimizer than the classifier's; build it on classifier.optimizer."
+            )
         return scheduler
 
     def _train(
