@@ -30,8 +30,22 @@ from fairdefense.objectives import PGDAT, TRADES, Objective, make_objective
 from fairdefense.plugin import FairnessPlugin, hookimpl
 from fairdefense.trainer import Trainer, TrainResult
 
+_ART_EXPORTS = ("FairAdversarialTrainer", "from_art_trainer", "per_class_robustness")
+
+
+def __getattr__(name: str):
+    """ART adapters load lazily: importing ART takes seconds, and only ART users need it."""
+    if name in _ART_EXPORTS:
+        from fairdefense import art
+
+        return getattr(art, name)
+    raise AttributeError(f"module 'fairdefense' has no attribute {name!r}")
+
+
 __all__ = [
     "__version__",
+    # ART integration (imported on first use)
+    *_ART_EXPORTS,
     # plugins
     "FairnessPlugin",
     "hookimpl",

@@ -38,6 +38,7 @@ class TrainConfig:
     eps_step: float | None = None
     attack_steps: int | None = None
     norm: str | None = None
+    random_start: str | None = None
     early_stop_extra_steps: int | None = None
     val_size: float | None = None
     val_steps: int | None = None
@@ -148,6 +149,8 @@ def _check(c: TrainConfig, clip: tuple | None) -> None:
         raise ConfigError(f"schedule must be 'multistep', 'cosine' or 'constant', got {c.schedule!r}.")
     if c.val_size < 0:
         raise ConfigError(f"val_size must be >= 0 (a fraction < 1 or a count per class), got {c.val_size}.")
+    if c.random_start not in (None, "uniform", "normal", "none"):
+        raise ConfigError(f"random_start must be 'uniform', 'normal' or 'none' (unset: the objective's), got {c.random_start!r}.")
     if c.amp not in ("off", "bf16", "fp16"):
         raise ConfigError(f"amp must be 'off', 'bf16' or 'fp16', got {c.amp!r}.")
     if c.early_stop_extra_steps < 0:

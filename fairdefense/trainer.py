@@ -270,7 +270,8 @@ class Trainer:
             if margins.step is not None:
                 s = torch.as_tensor(margins.step, dtype=x.dtype, device=x.device)
                 step = s[y] if s.dim() else s
-        attack = dict(norm=c.norm, loss=self.objective.attack_loss, random_start=self.objective.random_start, clip=self.clip)
+        start = c.random_start or self.objective.random_start
+        attack = dict(norm=c.norm, loss=self.objective.attack_loss, random_start=start, clip=self.clip)
         self.model.eval()
         record: AttackRecord | None = None
         with self._autocast():

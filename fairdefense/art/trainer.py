@@ -292,6 +292,8 @@ class FairAdversarialTrainer(ARTTrainer):
         cfg = copy.deepcopy(self.config)
         epochs = nb_epochs if nb_epochs is not None else self.nb_epochs
         size = batch_size if batch_size is not None else self.batch_size
+        if self.num_random_init == 0:
+            cfg.random_start = "none"
         if epochs is not None:
             cfg.epochs = int(epochs)
         if size is not None:
@@ -301,8 +303,6 @@ class FairAdversarialTrainer(ARTTrainer):
             optimizer=self.parts.optimizer, scheduler=self._scheduler(scheduler), clip=self.parts.clip,
             train_targets=targets, run_dir=cfg.out, progress=progress,
         )
-        if self.num_random_init == 0:
-            trainer.objective.random_start = "none"
         result = trainer.fit()
         if self.weights == "eval" and result.eval_model is not result.model:
             self.parts.model.load_state_dict(result.eval_model.state_dict())

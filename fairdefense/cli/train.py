@@ -41,6 +41,8 @@ def add_parser(sub) -> None:
     p.add_argument("--eps-step", type=float, help="attack step (default eps/4)")
     p.add_argument("--attack-steps", type=int, help="PGD steps during training (default 10)")
     p.add_argument("--norm", choices=["linf", "l2"])
+    p.add_argument("--random-start", choices=["uniform", "normal", "none"],
+                   help="attack start (default: uniform for at, x + 0.001 N(0, I) for trades)")
     p.add_argument("--beta", type=float, help="TRADES beta (default 6)")
     p.add_argument("--val-size", type=float, help="validation samples per class (count >= 1 or fraction < 1)")
     p.add_argument("--select-best", action="store_true", default=None,
@@ -65,7 +67,7 @@ def _config(args: argparse.Namespace):
         "dataset": args.dataset, "data_dir": args.data_dir, "model": args.model, "objective": args.objective,
         "beta": args.beta, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
         "schedule": args.schedule, "eps": args.eps, "eps_step": args.eps_step, "attack_steps": args.attack_steps,
-        "norm": args.norm, "val_size": args.val_size, "select_best": args.select_best, "amp": args.amp,
+        "norm": args.norm, "random_start": args.random_start, "val_size": args.val_size, "select_best": args.select_best, "amp": args.amp,
         "channels_last": args.channels_last, "compile": args.compile, "workers": args.workers, "seed": args.seed,
         "device": args.device, "init": args.init, "out": args.out,
         "plugins": tuple(args.plugin) or None, "plugin_options": parse_plugin_options(args.option) or None,
