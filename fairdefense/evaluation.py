@@ -1,10 +1,12 @@
 """Per-class evaluation of a model under attacks, streamed batch by batch.
 
 Attack names: ``"pgdK"`` (K steps of CE-PGD, step ``eps/4``, uniform random
-start) and ``"cwK"`` (K steps of PGD on the CW margin loss, same step and start).
-Clean accuracy is always measured. With more than one attack, the report also has
-a :data:`~fairdefense.metrics.WORST_CASE` row: a sample counts as robust only if
-it resists every attack. Memory stays flat in the number of samples: only per-class
+start), ``"cwK"`` (K steps of PGD on the CW margin loss, same step and start) and
+``"autoattack"`` (AutoAttack's standard version, or its reduced set below 10
+classes; see :mod:`fairdefense.autoattack`). Clean accuracy is always measured.
+With more than one attack, the report also has a
+:data:`~fairdefense.metrics.WORST_CASE` row: a sample counts as robust only if it
+resists every attack. Memory stays flat in the number of samples: only per-class
 counts are kept.
 """
 from __future__ import annotations
@@ -17,23 +19,41 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fairdefense.attacks import pgd
+from fairdefense.autoattack import AutoAttackRunner, import_autoattack, plan_autoattack
 from fairdefense.errors import ConfigError
 from fairdefense.metrics import WORST_CASE, ClassReport
 
-__all__ = ["evaluate", "parse_attack", "ATTACK_FAMILIES"]
+__all__ = ["evaluate", "parse_attack", "attack_settings", "ATTACK_FAMILIES", "AUTOATTACK"]
 
 #: Attack families: name prefix -> attack loss; the suffix is the number of steps.
 ATTACK_FAMILIES = {"pgd": "ce", "cw": "cw"}
+#: Name of the AutoAttack entry in a report.
+AUTOATTACK = "autoattack"
 
 
 def parse_attack(name: str) -> tuple[str, int]:
-    """``"pgd20"`` -> ``("ce", 20)``; raises ``ConfigError`` naming the valid forms."""
+    """``"pgd20"`` -> ``("ce", 20)``, ``"autoattack"`` -> ``("autoattack", 0)``;
+    raises ``ConfigError`` naming the valid forms."""
+    if name == AUTOATTACK:
+        return AUTOATTACK, 0
     m = re.fullmatch(r"([a-z]+)(\d+)", name)
     if not m or m.group(1) not in ATTACK_FAMILIES or int(m.group(2)) < 1:
         raise ConfigError(
-            f"unknown attack {name!r}; use 'pgdK' or 'cwK' with K >= 1 steps (e.g. pgd20, cw20)."
+            f"unknown attack {name!r}; use 'pgdK' or 'cwK' with K >= 1 steps (e.g. pgd20, cw20) or 'autoattack'."
         )
     return ATTACK_FAMILIES[m.group(1)], int(m.group(2))
+
+
+def attack_settings(
+    name: str, *, eps: float, norm: str, num_classes: int, autoattack: Sequence[str] | None = None
+) -> dict:
+    """The exact settings of attack ``name`` as :func:`evaluate` runs it (JSON-ready)."""
+    loss, steps = parse_attack(name)
+    if loss == AUTOATTACK:
+        return {"kind": AUTOATTACK, "eps": eps, "norm": norm, "package": import_autoattack()[1],
+                **plan_autoattack(num_classes, autoattack).to_dict()}
+    return {"kind": "pgd", "loss": loss, "steps": steps, "eps": eps, "step_size": eps / 4,
+            "random_start": "uniform", "norm": norm}
 
 
 @torch.no_grad()
@@ -50,6 +70,7 @@ def evaluate(
     seed: int = 0,
     losses: bool = False,
     progress: Callable[[Iterable], Iterable] | None = None,
+    autoattack: Sequence[str] | None = None,
 ) -> ClassReport:
     """Per-class clean and robust accuracy of ``model`` over ``batches``.
 
@@ -58,11 +79,18 @@ def evaluate(
     come from a generator seeded with ``seed``, so results are deterministic.
     With ``losses=True`` the report also carries per-class mean ``clean_ce``,
     ``adv_ce`` and ``kl`` (``KL(f(x) || f(x_adv))``) under the first attack.
+    ``progress`` wraps the batch iterable (``tqdm``, for instance). ``autoattack``
+    names a custom AutoAttack set for the ``"autoattack"`` entry (default: the
+    standard version, reduced below 10 classes); it is seeded with ``seed`` too.
     """
     specs = [(name, *parse_attack(name)) for name in attacks]
     num_classes = len(class_names)
     device = torch.device(device)
     generator = torch.Generator(device=device).manual_seed(seed)
+    runner = None
+    if any(loss == AUTOATTACK for _, loss, _ in specs):
+        runner = AutoAttackRunner(model, eps=eps, norm=norm, num_classes=num_classes, device=device, seed=seed,
+                                  attacks=autoattack, clip=clip)
     was_training = model.training
     model.eval()
     counts = torch.zeros(num_classes, dtype=torch.float64, device=device)
@@ -78,7 +106,10 @@ def evaluate(
             clean += torch.bincount(y, weights=(logits.argmax(1) == y).double(), minlength=num_classes)
             all_ok = torch.ones_like(y, dtype=torch.bool)
             for i, (name, loss, steps) in enumerate(specs):
-                x_adv = pgd(model, x, y, eps, eps / 4, steps, norm=norm, loss=loss, clip=clip, generator=generator)
+                if loss == AUTOATTACK:
+                    x_adv = runner(x, y)
+                else:
+                    x_adv = pgd(model, x, y, eps, eps / 4, steps, norm=norm, loss=loss, clip=clip, generator=generator)
                 adv_logits = model(x_adv)
                 ok = adv_logits.argmax(1) == y
                 all_ok &= ok
