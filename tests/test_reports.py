@@ -22,6 +22,7 @@ from fairdefense.reports import (
     write_run_report,
 )
 from fairdefense.reports.plots import _curve_series
+from fairdefense.reports.schema import eps_text
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +153,8 @@ def test_curve_values_are_average_and_worst_class_per_epoch():
     assert epochs == [1, 2] and avg == pytest.approx([30.0, 50.0]) and worst == pytest.approx([20.0, 30.0])
     assert series["test pgd20"] == [[1], [pytest.approx(30.0)], [pytest.approx(10.0)]]
     assert series["validation pgd10"] == [[2], [pytest.approx(40.0)], [pytest.approx(20.0)]]
+
+
+def test_radius_is_written_for_people():
+    radii = (8 / 255, 2 / 255, 0.2, 0.05, 0.123456)
+    assert [eps_text(e) for e in radii] == ["8/255", "2/255", "0.2", "0.05", "0.123456"]

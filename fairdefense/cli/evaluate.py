@@ -42,6 +42,7 @@ def _split(text: str | None) -> list[str] | None:
 def run(args: argparse.Namespace) -> int:
     from fairdefense.report import format_report
     from fairdefense.reports import evaluate_run, report_from_metrics
+    from fairdefense.reports.schema import eps_text
 
     attacks = [a for a in _split(args.attacks) or [] if a != "clean"]
     if not attacks:
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     )
     ev = metrics["evaluated"]
     title = f"{metrics['run']['strategy']} on {metrics['run']['dataset']}: {ev['checkpoint']} (epoch {ev['epoch']}, " \
-            f"{ev['weights_used']} weights), eps={metrics['settings']['eps']:g}"
+            f"{ev['weights_used']} weights), eps={eps_text(metrics['settings']['eps'])}"
     print(format_report(report_from_metrics(metrics), title=title))
     aa = metrics["settings"]["attacks"].get("autoattack")
     if aa:

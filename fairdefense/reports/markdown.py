@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from fairdefense.metrics import WORST_CASE
+from fairdefense.reports.schema import eps_text
 
 __all__ = ["render_report", "markdown_table", "pct"]
 
@@ -28,10 +29,10 @@ def _describe_attack(name: str, s: Mapping[str, Any]) -> str:
     if s["kind"] == "autoattack":
         return (f"- **{name}**: AutoAttack ({s['version']} version, package `{s.get('package') or 'autoattack'}`): "
                 f"{s['note']}; {s['n_iter']} iterations, {s['n_restarts']} restart, "
-                f"Square {s['square_queries']} queries; eps {s['eps']:g} ({s['norm']}).")
+                f"Square {s['square_queries']} queries; eps {eps_text(s['eps'])} ({s['norm']}).")
     loss = {"ce": "cross-entropy", "cw": "the CW margin max_{j!=y} z_j - z_y"}.get(s["loss"], s["loss"])
-    return (f"- **{name}**: {s['steps']} steps of PGD on {loss}, eps {s['eps']:g} ({s['norm']}), "
-            f"step {s['step_size']:g} (eps/4), {s['random_start']} random start, model in eval mode.")
+    return (f"- **{name}**: {s['steps']} steps of PGD on {loss}, eps {eps_text(s['eps'])} ({s['norm']}), "
+            f"step {eps_text(s['step_size'])} (eps/4), {s['random_start']} random start, model in eval mode.")
 
 
 def _evaluated(metrics: Mapping[str, Any]) -> str:
@@ -54,7 +55,7 @@ def render_report(metrics: Mapping[str, Any], images: Sequence[str] = ("classwis
         f"{run.get('epochs')} epochs, seed {run.get('seed')}.",
         f"- Evaluated: {_evaluated(metrics)}.",
         f"- Data: {data['n_samples']} {data['split']} samples in {len(data['class_names'])} classes; "
-        f"attack radius eps {settings['eps']:g} ({settings['norm']}), seed {settings['seed']}.",
+        f"attack radius eps {eps_text(settings['eps'])} ({settings['norm']}), seed {settings['seed']}.",
         f"- fairdefense {metrics['fairdefense_version']}, metrics.json schema {metrics['schema_version']}, "
         f"written {metrics['created']}.",
         "",

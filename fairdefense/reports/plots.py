@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 from fairdefense.errors import ConfigError
 from fairdefense.metrics import WORST_CASE, summarize
-from fairdefense.reports.schema import headline_attack
+from fairdefense.reports.schema import eps_text, headline_attack
 
 __all__ = ["plot_classwise", "plot_curves", "plot_scatter", "MAX_BAR_CLASSES"]
 
@@ -36,41 +36,55 @@ def _save(fig: Figure, path: str | Path) -> Path:
 def _title(metrics: Mapping[str, Any]) -> str:
     run, ev = metrics["run"], metrics["evaluated"]
     epoch = f", epoch {ev['epoch']}" if ev.get("epoch") is not None else ""
-    eps = metrics["settings"]["eps"]
-    return f"{run['strategy']} on {run['dataset']} ({ev.get('selection', '')}{epoch}, eps={eps:g})"
+    eps, n = eps_text(metrics["settings"]["eps"]), metrics["data"]["n_samples"]
+    return f"{run['strategy']} on {run['dataset']} ({ev.get('selection', '')}{epoch}, eps={eps}, {n} samples)"
 
 
 def plot_classwise(metrics: Mapping[str, Any], path: str | Path) -> Path:
     """Grouped bars per class: clean accuracy and robust accuracy under each attack.
 
-    The legend gives each series' average and worst class over classes; with more
-    than :data:`MAX_BAR_CLASSES` classes only clean and the headline attack are drawn.
+    The legend gives each series' average and worst class over classes. With more
+    than :data:`MAX_BAR_CLASSES` classes only clean and the headline attack are drawn,
+    as horizontal bars (one row per class) so every class name stays readable.
     """
     names = metrics["data"]["class_names"]
     attacks = list(metrics["attacks"])
-    if len(names) > MAX_BAR_CLASSES and attacks:
+    many = len(names) > MAX_BAR_CLASSES
+    if many and attacks:
         attacks = [headline_attack(attacks)]
     series = [("clean", metrics["clean"]["acc"], metrics["clean"]["summary"]["acc"])]
     for a in attacks:
         series.append((a, metrics["attacks"][a]["robust_acc"], metrics["attacks"][a]["summary"]["robust_acc"]))
     n, k = len(names), len(series)
     width = 0.8 / k
-    fig = Figure(figsize=(min(40.0, max(8.0, 0.22 * n * (k + 1))), 4.8))
+    fig = Figure(figsize=(9.0, max(6.0, 0.22 * n)) if many else (max(8.0, 0.22 * n * (k + 1)), 4.8))
     ax = fig.add_subplot()
     colors = ["#9e9e9e", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
     for i, (label, values, s) in enumerate(series):
-        xs = [c + (i - (k - 1) / 2) * width for c in range(n)]
-        hatch = "//" if label == WORST_CASE else None
-        ax.bar(xs, _pct(values), width, color=colors[i % len(colors)], hatch=hatch, edgecolor="white",
-               label=f"{label} (avg {100 * s['avg']:.1f}, worst {100 * s['worst']:.1f})")
-    ax.set_xticks(range(n))
-    long_names = n > 12 or max(len(str(c)) for c in names) > 6
-    ax.set_xticklabels(names, rotation=45 if long_names else 0, ha="right" if long_names else "center")
-    ax.set_xlim(-0.6, n - 0.4)
-    ax.set_ylim(0, 105)
-    ax.set_xlabel("class")
-    ax.set_ylabel("accuracy (%)")
-    ax.grid(axis="y", alpha=0.3)
+        offsets = [c + (i - (k - 1) / 2) * width for c in range(n)]
+        style = dict(color=colors[i % len(colors)], hatch="//" if label == WORST_CASE else None, edgecolor="white",
+                     label=f"{label} (avg {100 * s['avg']:.1f}, worst {100 * s['worst']:.1f})")
+        if many:
+            ax.barh(offsets, _pct(values), width, **style)
+        else:
+            ax.bar(offsets, _pct(values), width, **style)
+    if many:
+        ax.set_yticks(range(n))
+        ax.set_yticklabels(names, fontsize="small")
+        ax.set_ylim(n - 0.4, -0.6)
+        ax.set_xlim(0, 105)
+        ax.set_ylabel("class")
+        ax.set_xlabel("accuracy (%)")
+        ax.grid(axis="x", alpha=0.3)
+    else:
+        ax.set_xticks(range(n))
+        rotate = n > 12 or max(len(str(c)) for c in names) > 6
+        ax.set_xticklabels(names, rotation=45 if rotate else 0, ha="right" if rotate else "center")
+        ax.set_xlim(-0.6, n - 0.4)
+        ax.set_ylim(0, 105)
+        ax.set_xlabel("class")
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     ax.set_title(f"Per-class clean and robust accuracy: {_title(metrics)}")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", title="accuracy (%)")
@@ -148,8 +162,8 @@ def plot_scatter(
     xs = [p[1] for p in points]
     ys = [p[2] for p in points]
     pad = 5.0
-    ax.set_xlim(max(0.0, min(xs) - pad), min(100.0, max(xs) + pad) + pad)
-    ax.set_ylim(max(0.0, min(ys) - pad), min(100.0, max(ys) + pad))
+    ax.set_xlim(max(-2.0, min(xs) - pad), min(100.0, max(xs) + pad) + pad)
+    ax.set_ylim(max(-2.0, min(ys) - pad), min(102.0, max(ys) + pad))
     ax.set_xlabel(f"average robust accuracy over classes (%, {attack})")
     ax.set_ylabel(f"worst-class robust accuracy (%, {attack})")
     ax.grid(alpha=0.3)

@@ -37,6 +37,7 @@ __all__ = [
     "save_metrics",
     "load_metrics",
     "headline_attack",
+    "eps_text",
 ]
 
 #: Version of the ``metrics.json`` layout; raised on any incompatible change.
@@ -71,6 +72,12 @@ def _finite(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_finite(v) for v in obj]
     return obj
+
+
+def eps_text(eps: float) -> str:
+    """A radius for people: ``0.2`` when short as a decimal, else ``8/255`` when a whole number of 255ths."""
+    plain, k = f"{eps:g}", eps * 255
+    return f"{round(k)}/255" if len(plain) > 5 and abs(k - round(k)) < 1e-6 else plain
 
 
 def headline_attack(attacks: Sequence[str]) -> str:
