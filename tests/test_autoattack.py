@@ -71,6 +71,15 @@ def test_per_class_numbers_equal_the_package_called_directly_batch_by_batch(digi
     assert 0 < acc < clean, "partial robustness: the comparison is not trivially 0 = 0 or 1 = 1"
 
 
+def test_runs_in_eval_mode_and_restores_the_mode(digits_model):
+    model, x, y, names = digits_model
+    net = nn.Sequential(nn.Dropout(0.5), model).train()  # dropout would make every forward random
+    report = evaluate(net, [(x, y)], names, ["autoattack"], eps=EPS, seed=2, autoattack=["apgd-ce"])
+    assert net.training
+    torch.testing.assert_close(report.robust_acc["autoattack"], per_class(y, package_robust_flags(model, x, y, 2)),
+                               rtol=0, atol=0, equal_nan=True)
+
+
 def test_worst_case_row_includes_autoattack(digits_model):
     model, x, y, names = digits_model
     report = evaluate(model, [(x, y)], names, ["pgd3", "autoattack"], eps=EPS, seed=1, autoattack=["apgd-ce"])

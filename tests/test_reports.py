@@ -117,6 +117,13 @@ def test_cli_evaluate(run, tmp_path, capsys):
     assert load_metrics(tmp_path / "metrics.json")["data"]["n_samples"] == 30
     assert main(["evaluate", str(run_dir), "--attacks", "clean", "--out", str(tmp_path)]) == 2
     assert "at least one attack" in capsys.readouterr().err
+    assert main(["evaluate", str(run_dir), "--attacks", "pgd3,autoattack", "--autoattack-set", "apgd-ce",
+                 "--n-samples", "20", "--no-progress", "--out", str(tmp_path / "aa")]) == 0
+    m = load_metrics(tmp_path / "aa" / "metrics.json")
+    aa = m["settings"]["attacks"]["autoattack"]
+    assert (aa["version"], aa["attacks"], aa["reduced"]) == ("custom", ["apgd-ce"], False)
+    assert m["attacks"][WORST_CASE]["over"] == ["pgd3", "autoattack"]
+    assert "custom set apgd-ce" in (tmp_path / "aa" / "report.md").read_text()
 
 
 def test_metrics_round_trip_with_an_empty_class_and_strict_json(tmp_path):
