@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Subset
@@ -93,12 +93,14 @@ def evaluate_checkpoint(
     weights: str = "eval",
     device: str | None = None,
     seed: int = 0,
+    progress: Callable[[Iterable], Iterable] | None = None,
+    autoattack: Sequence[str] | None = None,
 ) -> ClassReport:
     """Per-class evaluation of a checkpoint on its dataset's test split.
 
     ``weights="eval"`` uses the weights a plugin supplied for evaluation (EMA,
     FAWA) when there are any, ``"trained"`` the trained weights. ``n_samples`` takes
-    the first N test samples.
+    the first N test samples. ``progress`` and ``autoattack`` go to :func:`evaluate`.
     """
     state = load_checkpoint(checkpoint)
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
@@ -118,5 +120,5 @@ def evaluate_checkpoint(
     loader = DataLoader(data, batch_size=batch_size or config.batch_size, shuffle=False)
     return evaluate(
         model.to(dev), loader, meta["class_names"], attacks or config.eval_attacks, eps=eps or config.eps,
-        norm=config.norm, clip=tuple(meta["clip"]), device=dev, seed=seed,
+        norm=config.norm, clip=tuple(meta["clip"]), device=dev, seed=seed, progress=progress, autoattack=autoattack,
     )

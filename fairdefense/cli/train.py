@@ -98,9 +98,13 @@ def run(args: argparse.Namespace) -> int:
             trainer.run_dir = default_run_dir(trainer.config)
         print(f"run folder: {trainer.run_dir}")
         result = trainer.fit()
+    from fairdefense.reports import write_run_report
+
+    write_run_report(result.run_dir)
     label = "+".join(result.config.plugins) or f"baseline ({result.config.objective})"
     if result.report is not None:
         print(format_report(result.report, title=f"\n{label} on {result.config.dataset}: test set, eps={result.config.eps:g}"))
     total = sum(e["time"] for e in result.history)
-    print(f"\n{len(result.history)} epochs in {total:.1f} s; checkpoint: {result.run_dir / 'last.pt'}")
+    print(f"\n{len(result.history)} epochs in {total:.1f} s; checkpoint: {result.run_dir / 'last.pt'}; "
+          f"report: {result.run_dir / 'report.md'}")
     return 0
