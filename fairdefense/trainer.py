@@ -249,10 +249,12 @@ class Trainer:
         return torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)
 
     def _loader(self, data: Dataset, shuffle: bool) -> DataLoader:
-        workers = self.config.workers
+        # evaluation loaders get a generator of their own: drawing their seed from the global
+        # RNG would make the trained weights depend on how often the test split is scored
+        generator = self.shuffle if shuffle else torch.Generator().manual_seed(self.config.seed)
         return DataLoader(
-            data, batch_size=self.config.batch_size, shuffle=shuffle, num_workers=workers,
-            generator=self.shuffle if shuffle else None, pin_memory=self.device.type == "cuda",
+            data, batch_size=self.config.batch_size, shuffle=shuffle, num_workers=self.config.workers,
+            generator=generator, pin_memory=self.device.type == "cuda",
         )
 
     def _autocast(self):

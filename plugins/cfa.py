@@ -125,18 +125,15 @@ class CFA(fairdefense.FairnessPlugin):
         super().__init__(**options)
         self._train_robust_acc: Tensor | None = None
         self._average = WeightAverage(self.options.decay)
-        # A switched-off component registers no hook: an instance attribute that is not
-        # callable hides the method from the plugin host.
-        for hook in self._switched_off_hooks():
-            setattr(self, hook, None)
 
-    def _switched_off_hooks(self) -> list[str]:
+    def inactive_hooks(self) -> frozenset[str]:
+        """A switched-off component registers no hook (e.g. without FAWA, ``ema`` may average)."""
         o = self.options
         hooks = [] if o.ccm else ["remargin"]
         hooks += [] if o.ccr else ["reweight"]
         hooks += [] if o.ccm or o.ccr else ["on_epoch_end"]
         hooks += [] if o.fawa else ["on_validation", "weights_to_evaluate"]
-        return hooks
+        return frozenset(hooks)
 
     # ----------------------------------------------------------------- run level
     def configure(self, config: fairdefense.TrainConfig) -> dict[str, Any] | None:

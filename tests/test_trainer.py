@@ -279,3 +279,10 @@ def test_select_best_scores_the_weights_that_would_be_exported(tmp_path):
         scores.append(entry["val_score"])
     best = load_checkpoint(tmp_path / "best.pt")
     assert best["epoch"] == result.best_epoch == 1 + scores.index(max(scores))
+
+
+def test_how_often_the_test_split_is_scored_does_not_change_training():
+    a = fairdefense.train(TrainConfig(epochs=2, eval_every=1, **FAST), progress=False)
+    b = fairdefense.train(TrainConfig(epochs=2, eval_every=0, **FAST), progress=False)
+    for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()):
+        assert torch.equal(x, y)
