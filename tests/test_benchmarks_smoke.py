@@ -1,0 +1,283 @@
+"""The benchmark scripts' building blocks at minimal sizes (benchmarks/speed.py, quality.py, _common.py).
+
+Nothing here times anything or asserts a speed: the suites themselves check their targets.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import fairdefense
+from fairdefense.metrics import ClassReport
+from fairdefense.reports import build_metrics, save_metrics
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location(f"fairdefense_bench_{name}", BENCH / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+common = _load("_common")
+speed = _load("speed")
+quality = _load("quality")
+
+TINY = dict(repeats=1, attack_steps=1, batch_size=32, art_epochs=1, art_accuracy_epochs=1, natural_passes=1,
+            faal_calls=4, cvxpy_calls=2, profile=False)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.set_num_threads(1)
+    return speed.load_workload("digits", train_limit=64, test_limit=32), speed.Settings(**TINY)
+
+
+# ----------------------------------------------------------------------------- _common
+def test_interleaved_rotates_the_order_each_repeat():
+    assert list(common.interleaved(["a", "b", "c"], 3)) == [
+        (0, "a"), (0, "b"), (0, "c"), (1, "b"), (1, "c"), (1, "a"), (2, "c"), (2, "a"), (2, "b")]
+
+
+def test_median_and_paired_ratios():
+    assert common.median([3.0, 1.0, 2.0, 10.0]) == 2.5
+    assert math.isnan(common.median([]))
+    assert common.paired_ratios([2.0, 9.0], [1.0, 3.0]) == [2.0, 3.0]
+    with pytest.raises(ValueError):
+        common.paired_ratios([1.0], [1.0, 2.0])
+
+
+def test_replace_section_keeps_the_hand_written_text(tmp_path):
+    path = tmp_path / "doc.md"
+    path.write_text("# Title\n\nintro\n\n<!-- s:begin -->\nold\n<!-- s:end -->\n\nafter\n")
+    common.replace_section(path, "s", "new table")
+    assert path.read_text() == "# Title\n\nintro\n\n<!-- s:begin -->\nnew table\n<!-- s:end -->\n\nafter\n"
+    common.replace_section(path, "t", "second")
+    assert path.read_text().endswith("after\n\n<!-- t:begin -->\nsecond\n<!-- t:end -->\n")
+    common.replace_section(tmp_path / "new.md", "s", "x")
+    assert (tmp_path / "new.md").read_text() == "<!-- s:begin -->\nx\n<!-- s:end -->\n"
+
+
+def test_write_json_turns_nan_into_null(tmp_path):
+    common.write_json(tmp_path / "x.json", {"a": [1.0, float("nan")], "b": {"c": float("nan")}})
+    assert json.loads((tmp_path / "x.json").read_text()) == {"a": [1.0, None], "b": {"c": None}}
+
+
+# ----------------------------------------------------------------------------- speed.py
+def test_workloads():
+    w = speed.load_workload("digits", train_limit=64, test_limit=32)
+    assert (len(w.train), len(w.test), w.input_shape, w.model, w.eps) == (64, 32, (1, 8, 8), "small_cnn", 0.2)
+    x, y = w.arrays()
+    assert x.dtype.name == "float32" and x.shape == (64, 1, 8, 8) and y.shape == (64,)
+    s = speed.load_workload("synthetic32", train_limit=8, test_limit=4)
+    assert s.train.tensors[0].shape == (8, 3, 32, 32) and s.model == "preact_resnet18"
+    assert s.eps == pytest.approx(8 / 255) and s.eps_step == pytest.approx(2 / 255)
+    first = [w.make_model(seed).state_dict()["features.0.weight"] for seed in (3, 3, 4)]
+    assert torch.equal(first[0], first[1]) and not torch.equal(first[0], first[2])
+    with pytest.raises(fairdefense.ConfigError):
+        speed.load_workload("cifar")
+
+
+def test_profile_difference_by_hand():
+    variant = ({"conv": (4, 10.0, 0.0), "mul": (2, 3.0, 0.0)}, 0.020)
+    base = ({"conv": (4, 9.0, 0.0), "add": (1, 1.0, 0.0)}, 0.012)
+    p = speed.profile_difference(variant, base)
+    assert [r["op"] for r in p["top_ops"]] == ["mul", "conv", "add"]
+    assert [r["extra_ms"] for r in p["top_ops"]] == [3.0, 1.0, -1.0]
+    assert p["op_ms"] == 13.0 and p["base_op_ms"] == 10.0
+    assert p["outside_ops_ms"] == pytest.approx(7.0) and p["base_outside_ops_ms"] == pytest.approx(2.0)
+
+
+def test_epoch_profiler_records_exactly_one_epoch(tiny):
+    w, s = tiny
+    profiler = speed.EpochProfiler(epoch=1, device="cpu")
+    config = s.config(w, objective="at", epochs=2, seed=0)
+    fairdefense.Trainer(w.make_model(0), w.train, w.class_names, config, [profiler], progress=False).fit()
+    calls = {e.key: e.count for e in profiler.profiler.key_averages()}
+    # one epoch: 2 batches x (1 attack step + 1 training forward) x 3 conv layers
+    assert calls["aten::convolution"] == 2 * 2 * 3
+    assert profiler.wall > 0
+
+
+def test_strategy_overhead_rows(tiny):
+    w, s = tiny
+    out = speed.strategy_overhead(w, s, labels=["faal", "bat"])
+    rows = out["rows"]
+    assert set(rows) == {"PGD-AT", "TRADES", "faal", "bat"}
+    assert rows["faal"]["base"] == "PGD-AT" and rows["bat"]["base"] == "TRADES"
+    assert rows["faal"]["ratio"] == pytest.approx(rows["faal"]["train_time"][0] / rows["PGD-AT"]["train_time"][0])
+    assert rows["PGD-AT"]["met"] is None and rows["faal"]["met"] == (rows["faal"]["ratio"] <= 1.03)
+    assert rows["faal"]["attack_steps"] == 1.0 and 0 <= rows["bat"]["attack_steps"] <= 1.0
+
+
+def test_floor_efficiency_is_the_ratio_of_its_parts(tiny):
+    w, s = tiny
+    f = speed.floor_efficiency(w, s)
+    assert f["batches"] == 2 and len(f["ratios"]) == 1
+    assert f["efficiency"] == pytest.approx(f["at_seconds_per_batch"] / (2 * f["natural_seconds_per_batch"]))
+
+
+def test_faal_solver_agrees_with_cvxpy(tiny):
+    pytest.importorskip("cvxpy")
+    _, s = tiny
+    f = speed.faal_solver(s)
+    assert f["calls"] == 4 and f["cvxpy_calls"] == 2
+    assert abs(f["max_objective_gap_cvxpy_minus_ours"]) < 1e-4  # both find the same optimum
+    assert f["speedup"] == pytest.approx(f["cvxpy_seconds"] / f["ours_seconds"])
+
+
+def test_compare_with_art_runs_all_four_trainers(tiny):
+    pytest.importorskip("art")
+    w, s = tiny
+    a = speed.compare_with_art(w, s)
+    assert set(a["variants"]) == set(speed.ART_VARIANTS)
+    for v in a["variants"].values():
+        assert 0.0 <= v["pgd20_worst"] <= v["pgd20_avg"] <= 1.0 and v["median_seconds_per_epoch"] > 0
+    times = {name: v["seconds_per_epoch"][0] for name, v in a["variants"].items()}
+    assert a["pairs"]["ART MadryPGD"]["speedup"] == pytest.approx(times["ART MadryPGD"] / times["fairdefense PGD-AT"])
+    assert a["pairs"]["ART TRADES"]["speedup"] == pytest.approx(times["ART TRADES"] / times["fairdefense TRADES"])
+
+
+def test_memory_probe_reports_the_peak_above_the_start(tiny):
+    _, s = tiny
+    row = speed.memory_probe("eval", 48, "digits", s)
+    assert row["samples"] == 48 and row["data_mib"] == pytest.approx(48 * (64 * 4 + 8) / 2**20)
+    assert row["peak_rss_mib"] >= row["rss_before_mib"] > 0
+    assert row["peak_above_before_mib"] == pytest.approx(row["peak_rss_mib"] - row["rss_before_mib"])
+
+
+def test_render_markdown_states_targets(tiny):
+    w, s = tiny
+    results = {
+        "command": "python benchmarks/speed.py", "workload": "digits", "machine": common.machine_info("cpu"),
+        "load_before": [1.0, 1.0, 1.0], "load_after": [1.0, 1.0, 1.0], "minutes": 0.1, "finished": "now",
+        "settings": {"model": "small_cnn", "train_samples": 64, "batch_size": 32, "lr": 0.1, "eps": 0.2,
+                     "eps_step": 0.05, "attack_steps": 1, "repeats": 1},
+        "floor": {"attack_steps": 1, "at_seconds_per_batch": 0.01, "natural_seconds_per_batch": 0.004,
+                  "efficiency": 1.25, "target": 1.15, "met": False, "ratios": [1.25]},
+    }
+    text = speed.render_markdown(results)
+    assert "**1.250**" in text and "(target <= 1.15: **missed**" in text and "K = 1:" in text
+
+
+# ----------------------------------------------------------------------------- quality.py
+def test_milestones_and_fine_tune_epochs():
+    assert quality.milestones(30) == (15, 22)   # round(22.5) = 22, as the trainer's scheduler rounds
+    assert quality.milestones(2) == (1, 2)
+    frl, faal_ft = quality._BY_NAME["frl"], quality._BY_NAME["faal-ft"]
+    assert quality.fine_tune_epochs(frl, 30) == 40 and quality.fine_tune_epochs(frl, 2) == 3
+    assert quality.fine_tune_epochs(faal_ft, 30) == 2 and quality.fine_tune_epochs(faal_ft, 2) == 1
+
+
+def test_plan_adds_baselines_and_orders_them_first(tmp_path):
+    runs = quality.plan(["frl", "faal-at"], [0, 1], 30, tmp_path, ("pgd20",))
+    keys = [r.key for r in runs]
+    assert keys[:2] == ["trades-s0", "trades-s1"] and set(keys) == {
+        "trades-s0", "trades-s1", "faal-at-s0", "faal-at-s1", "frl-s0", "frl-s1"}
+    frl = next(r for r in runs if r.key == "frl-s1")
+    args = quality.train_args(frl)
+    assert frl.needs == "trades-s1"
+    assert args[args.index("--init") + 1] == str((tmp_path / "trades-s1" / "last.pt").resolve())
+    assert args[args.index("--epochs") + 1] == "40"
+    assert args[-3:] == ["--out", str((tmp_path / "frl-s1").resolve()), "--no-progress"]
+    faal = quality.train_args(next(r for r in runs if r.key == "faal-at-s0"))
+    assert "faal.begin=15" in faal and "faal.late_epoch=22" in faal and "ema.begin=15" in faal
+    with pytest.raises(SystemExit):
+        quality.plan(["nope"], [0], 2, tmp_path, ("pgd20",))
+
+
+def _fake_run(run, epochs_done: int, attacks) -> None:
+    run.out.mkdir(parents=True)
+    (run.out / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "time": 1.0}) + "\n"
+                                                   for e in range(1, epochs_done + 1)))
+    report = ClassReport(class_names=["a", "b"], counts=torch.tensor([2, 2]),
+                         clean_acc=torch.tensor([1.0, 0.5], dtype=torch.float64),
+                         robust_acc={a: torch.tensor([0.5, 0.0], dtype=torch.float64) for a in attacks})
+    metrics = build_metrics(report, config={"objective": "at", "plugins": []},
+                            evaluated={"epoch": epochs_done}, eps=0.2, norm="linf", seed=0)
+    save_metrics(metrics, run.out / "metrics.json")
+
+
+def test_finished_runs_are_recognised(tmp_path):
+    done, short, other = quality.plan(["at", "bat", "trades"], [0], 3, tmp_path, ("pgd20",))
+    _fake_run(done, 3, ["pgd20"])
+    _fake_run(short, 2, ["pgd20"])
+    _fake_run(other, 3, ["cw20"])
+    assert quality.is_trained(done) and quality.is_evaluated(done)
+    assert not quality.is_trained(short) and not quality.is_evaluated(short)
+    assert quality.is_trained(other) and not quality.is_evaluated(other)  # evaluated without PGD-20
+    collected = quality.collect([done, short, other])
+    assert list(collected) == ["at"]
+    expected = {"clean_avg": 0.75, "clean_worst": 0.5, "pgd20_avg": 0.25, "pgd20_worst": 0.0}
+    assert collected["at"]["per_seed"] == [expected]
+
+
+def test_aggregate_by_hand():
+    collected = {
+        "at": {"seeds": [0, 1], "train_minutes": [1.0, 3.0],
+               "per_seed": [{"pgd20_avg": 0.50, "pgd20_worst": 0.10}, {"pgd20_avg": 0.70, "pgd20_worst": 0.30}]},
+        "good": {"seeds": [0, 1], "train_minutes": [2.0, 2.0],
+                 "per_seed": [{"pgd20_avg": 0.595, "pgd20_worst": 0.30}, {"pgd20_avg": 0.595, "pgd20_worst": 0.36}]},
+        "costly": {"seeds": [0], "train_minutes": [2.0],
+                   "per_seed": [{"pgd20_avg": 0.58, "pgd20_worst": 0.40}]},
+    }
+    rows = quality.aggregate(collected, "pgd20")
+    assert rows["at"]["mean"]["pgd20_avg"] == pytest.approx(0.6)
+    assert rows["at"]["std"]["pgd20_avg"] == pytest.approx(statistics.stdev([0.5, 0.7]))  # 0.1414
+    assert rows["at"]["train_minutes"] == 2.0 and rows["costly"]["std"]["pgd20_avg"] is None
+    assert rows["good"]["vs_at"]["worst"] == pytest.approx(0.13)
+    assert rows["good"]["vs_at"]["avg"] == pytest.approx(-0.005)
+    assert rows["good"]["vs_at"]["meets_target"] is True
+    assert rows["costly"]["vs_at"]["meets_target"] is False  # +20 worst but -2 avg
+    assert rows["at"]["vs_at"]["meets_target"] is False
+
+
+def test_scheduler_waits_for_baselines_and_skips_after_failures(tmp_path, monkeypatch):
+    runs = quality.plan(["frl", "faal-ft"], [0], 2, tmp_path, ("pgd20",))
+    started = []
+
+    def fake(run, env, logs):
+        started.append(run.key)
+        assert env["OMP_NUM_THREADS"] == "1"
+        if run.needs:
+            assert run.needs in started
+        return run.key != "at-s0"
+
+    monkeypatch.setattr(quality, "_execute", fake)
+    failed = quality.run_all(runs, jobs=2, logs=tmp_path / "logs")
+    assert set(started) == {"at-s0", "trades-s0", "frl-s0"}
+    assert failed == {"at-s0": "see its log", "faal-ft-s0": "its baseline at-s0 failed"}
+
+
+def test_results_page_and_figure(tmp_path):
+    runs = quality.plan(["at", "bat"], [0], 2, tmp_path, ("pgd20",))
+    rows = quality.aggregate({
+        "at": {"seeds": [0], "train_minutes": [1.0], "per_seed": [
+            {"clean_avg": 0.9, "clean_worst": 0.8, "pgd20_avg": 0.6, "pgd20_worst": 0.2}]},
+        "bat": {"seeds": [0], "train_minutes": [1.0], "per_seed": [
+            {"clean_avg": 0.9, "clean_worst": 0.8, "pgd20_avg": 0.65, "pgd20_worst": 0.35}]},
+    }, "pgd20")
+    info = {"headline": "pgd20", "attacks": ("pgd20",), "epochs": 2, "seeds": [0], "jobs": 1, "full": False,
+            "scope": "2 epochs", "full_command": "python benchmarks/quality.py", "machine": common.machine_info("cpu"),
+            "load_before": [], "load_after": [], "figure": "leaderboard.png"}
+    text = quality.render_results(rows, runs, info)
+    assert "The full run is pending" in text and "Meets the target: `bat`" in text
+    assert "| `bat` | 1 | 90.0 | 80.0 | 65.0 | 35.0 | +5.0 | +15.0 | **met** |" in text
+    out = (tmp_path / "bat-s0").resolve()
+    assert f"fairdefense train --plugin bat --epochs 2 --seed 0 --out {out} --no-progress" in text
+    png = quality.plot_leaderboard(rows, "pgd20", tmp_path / "board.png", "title")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
