@@ -151,6 +151,16 @@ def _clean_probs(model: nn.Module, x: Tensor, loss: str) -> Tensor | None:
         return F.softmax(model(x), dim=1)
 
 
+def _setup(model, x, eps, step, steps, norm, loss, random_start, sigma, clip, generator):
+    """Checked arguments, per-sample radius and step, clean probabilities (KL loss) and the start."""
+    _check(norm, loss, steps)
+    eps_t = _per_sample(eps, x, "eps")
+    step_t = _per_sample(step, x, "step")
+    x = x.detach()
+    clean_probs = _clean_probs(model, x, loss)
+    return x, eps_t, step_t, clean_probs, _start(x, eps_t, norm, random_start, sigma, clip, generator)
+
+
 def pgd(
     model: nn.Module,
     x: Tensor,
@@ -173,12 +183,7 @@ def pgd(
     (``x + sigma * N(0, I)``, TRADES's start) or ``"none"``. Every iterate lies in
     the ball around ``x`` and in ``clip``.
     """
-    _check(norm, loss, steps)
-    eps_t = _per_sample(eps, x, "eps")
-    step_t = _per_sample(step, x, "step")
-    x = x.detach()
-    clean_probs = _clean_probs(model, x, loss)
-    x_adv = _start(x, eps_t, norm, random_start, sigma, clip, generator)
+    x, eps_t, step_t, clean_probs, x_adv = _setup(model, x, eps, step, steps, norm, loss, random_start, sigma, clip, generator)
     for _ in range(steps):
         _, grad = _grad(model, x_adv, y, loss, clean_probs)
         x_adv = project(_ascend(x_adv, grad, step_t, norm), x, eps_t, norm, clip)
@@ -210,14 +215,9 @@ def pgd_early_stop(
     the batch ends once all have stopped. See :class:`AttackRecord` for what is
     returned.
     """
-    _check(norm, loss, steps)
     if extra_steps < 0:
         raise ConfigError(f"extra_steps must be >= 0, got {extra_steps}.")
-    eps_t = _per_sample(eps, x, "eps")
-    step_t = _per_sample(step, x, "step")
-    x = x.detach()
-    clean_probs = _clean_probs(model, x, loss)
-    x_adv = _start(x, eps_t, norm, random_start, sigma, clip, generator)
+    x, eps_t, step_t, clean_probs, x_adv = _setup(model, x, eps, step, steps, norm, loss, random_start, sigma, clip, generator)
     n = x.shape[0]
     last_correct = x_adv.clone()
     budget = torch.full((n,), extra_steps, device=x.device, dtype=torch.long)
