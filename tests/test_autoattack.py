@@ -5,32 +5,22 @@ import types
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fairdefense import ConfigError, MissingDependencyError, evaluate, pgd
 from fairdefense.autoattack import STANDARD_ATTACKS, AutoAttackRunner, import_autoattack, plan_autoattack
-from fairdefense.data import load_dataset
 from fairdefense.metrics import WORST_CASE
 
 EPS = 0.05
 
 
 @pytest.fixture(scope="module")
-def digits_model():
-    """An MLP trained with plain CE on the digits and 40 test samples (partly robust at EPS)."""
-    bundle = load_dataset("digits")
-    x = torch.stack([bundle.train[i][0] for i in range(len(bundle.train))])
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    for _ in range(150):
-        opt.zero_grad()
-        F.cross_entropy(model(x), bundle.train_targets).backward()
-        opt.step()
+def digits_model(digits_mlp):
+    """The shared digits MLP (conftest) and the first 40 test samples."""
+    model, bundle = digits_mlp
     xt = torch.stack([bundle.test[i][0] for i in range(40)])
     yt = torch.stack([bundle.test[i][1] for i in range(40)])
-    return model.eval(), xt, yt, bundle.class_names
+    return model, xt, yt, bundle.class_names
 
 
 def per_class(y, ok, n=10):

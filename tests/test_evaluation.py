@@ -6,7 +6,6 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fairdefense import ConfigError, evaluate
-from fairdefense.data import load_dataset
 from fairdefense.evaluation import attack_settings, parse_attack
 from fairdefense.metrics import WORST_CASE
 
@@ -14,20 +13,12 @@ EPS = 0.05
 
 
 @pytest.fixture(scope="module")
-def digits_model():
-    """A small MLP trained with plain CE on the digits: partly robust at EPS, unevenly over classes."""
-    bundle = load_dataset("digits")
-    x = torch.stack([bundle.train[i][0] for i in range(len(bundle.train))])
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    for _ in range(150):
-        opt.zero_grad()
-        F.cross_entropy(model(x), bundle.train_targets).backward()
-        opt.step()
+def digits_model(digits_mlp):
+    """The shared digits MLP (conftest) and the first 120 test samples."""
+    model, bundle = digits_mlp
     xt = torch.stack([bundle.test[i][0] for i in range(120)])
     yt = torch.stack([bundle.test[i][1] for i in range(120)])
-    return model.eval(), xt, yt, bundle.class_names
+    return model, xt, yt, bundle.class_names
 
 
 class Recorder(nn.Module):
