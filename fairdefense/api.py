@@ -5,13 +5,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Subset
 
 from fairdefense.checkpoint import FORMAT_VERSION, load_checkpoint
 from fairdefense.config import TrainConfig
 from fairdefense.data import load_dataset
 from fairdefense.errors import ConfigError
-from fairdefense.evaluation import evaluate
 from fairdefense.metrics import ClassReport
 from fairdefense.models import create_model
 from fairdefense.trainer import Trainer, TrainResult
@@ -37,7 +35,7 @@ def build_trainer(
     Writes to ``config.out`` (``None``: nothing written). The model is initialised
     under ``config.seed``.
     """
-    bundle = load_dataset(config.dataset, config.data_dir, download=download)
+    bundle = load_dataset(config.dataset, config.data_dir, download=download, fold=config.fold)
     model_name = config.model or bundle.defaults.get("model", "small_cnn")
     torch.manual_seed(config.seed)
     model = create_model(model_name, bundle.num_classes, bundle.input_shape, bundle.mean, bundle.std)
@@ -96,29 +94,11 @@ def evaluate_checkpoint(
     progress: Callable[[Iterable], Iterable] | None = None,
     autoattack: Sequence[str] | None = None,
 ) -> ClassReport:
-    """Per-class evaluation of a checkpoint on its dataset's test split.
+    """The :class:`ClassReport` of :func:`fairdefense.reports.evaluate_run` (same arguments
+    and defaults), without writing files."""
+    from fairdefense.reports import evaluate_run, report_from_metrics
 
-    ``weights="eval"`` uses the weights a plugin supplied for evaluation (EMA,
-    FAWA) when there are any, ``"trained"`` the trained weights. ``n_samples`` takes
-    the first N test samples. ``progress`` and ``autoattack`` go to :func:`evaluate`.
-    """
-    state = load_checkpoint(checkpoint)
-    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
-        raise ConfigError(f"{str(checkpoint)!r} is not a fairdefense training checkpoint.")
-    config = TrainConfig.from_dict(state["config"])
-    meta = state["data"]
-    bundle = load_dataset(meta["dataset"], config.data_dir)
-    model = create_model(meta["model"], len(meta["class_names"]), tuple(meta["input_shape"]), meta["mean"], meta["std"])
-    if weights not in ("eval", "trained"):
-        raise ConfigError(f"weights must be 'eval' or 'trained', got {weights!r}.")
-    chosen = state["eval_model"] if weights == "eval" and state["eval_model"] is not None else state["model"]
-    model.load_state_dict(chosen)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    data = bundle.test
-    if n_samples is not None:
-        data = Subset(data, range(min(n_samples, len(data))))
-    loader = DataLoader(data, batch_size=batch_size or config.batch_size, shuffle=False)
-    return evaluate(
-        model.to(dev), loader, meta["class_names"], attacks or config.eval_attacks, eps=eps or config.eps,
-        norm=config.norm, clip=tuple(meta["clip"]), device=dev, seed=seed, progress=progress, autoattack=autoattack,
-    )
+    metrics, _ = evaluate_run(checkpoint, attacks, eps=eps, n_samples=n_samples, batch_size=batch_size,
+                              weights=weights, device=device, seed=seed, progress=progress, autoattack=autoattack,
+                              write=False)
+    return report_from_metrics(metrics)

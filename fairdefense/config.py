@@ -23,6 +23,7 @@ class TrainConfig:
 
     dataset: str = "digits"
     data_dir: str | None = None
+    fold: str | None = None  # "I/K": test on fold I of a K-fold protocol (digits), not the fixed test split
     model: str | None = None
     objective: str | None = None
     beta: float | None = None

@@ -3,11 +3,17 @@
 Attack names: ``"pgdK"`` (K steps of CE-PGD, step ``eps/4``, uniform random
 start), ``"cwK"`` (K steps of PGD on the CW margin loss, same step and start) and
 ``"autoattack"`` (AutoAttack's standard version, or its reduced set below 10
-classes; see :mod:`fairdefense.autoattack`). Clean accuracy is always measured.
-With more than one attack, the report also has a
+classes; see :mod:`fairdefense.autoattack`). ``"pgdK-any"`` and ``"cwK-any"`` run
+the same PGD but score a sample as robust only if *every* iterate (the start and
+each step) is classified correctly: a sample is frozen at its first successful
+iterate, as FAAL's evaluator does, so the figure is the worst case over iterates.
+Clean accuracy is always measured. With more than one attack, the report also has a
 :data:`~fairdefense.metrics.WORST_CASE` row: a sample counts as robust only if it
-resists every attack. Memory stays flat in the number of samples: only per-class
-counts are kept.
+resists every attack.
+
+Memory stays flat in the number of samples: only count tensors are kept (per
+class, and the ``C x C`` confusion of true against predicted class under each
+attack), so partial evaluations add up.
 """
 from __future__ import annotations
 
@@ -18,30 +24,38 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fairdefense.attacks import pgd
+from fairdefense.attacks import pgd, pgd_early_stop
 from fairdefense.autoattack import AutoAttackRunner, import_autoattack, plan_autoattack
 from fairdefense.errors import ConfigError
 from fairdefense.metrics import WORST_CASE, ClassReport
 
-__all__ = ["evaluate", "parse_attack", "attack_settings", "ATTACK_FAMILIES", "AUTOATTACK"]
+__all__ = ["evaluate", "parse_attack", "scores_any_iterate", "attack_settings", "ATTACK_FAMILIES", "AUTOATTACK", "ANY_ITERATE"]
 
 #: Attack families: name prefix -> attack loss; the suffix is the number of steps.
 ATTACK_FAMILIES = {"pgd": "ce", "cw": "cw"}
 #: Name of the AutoAttack entry in a report.
 AUTOATTACK = "autoattack"
+#: Suffix of a PGD/CW attack name scored on its worst iterate (``"pgd20-any"``).
+ANY_ITERATE = "-any"
 
 
 def parse_attack(name: str) -> tuple[str, int]:
-    """``"pgd20"`` -> ``("ce", 20)``, ``"autoattack"`` -> ``("autoattack", 0)``;
+    """``"pgd20"`` (or ``"pgd20-any"``) -> ``("ce", 20)``, ``"autoattack"`` -> ``("autoattack", 0)``;
     raises ``ConfigError`` naming the valid forms."""
     if name == AUTOATTACK:
         return AUTOATTACK, 0
-    m = re.fullmatch(r"([a-z]+)(\d+)", name)
+    m = re.fullmatch(r"([a-z]+)(\d+)(-any)?", name)
     if not m or m.group(1) not in ATTACK_FAMILIES or int(m.group(2)) < 1:
         raise ConfigError(
-            f"unknown attack {name!r}; use 'pgdK' or 'cwK' with K >= 1 steps (e.g. pgd20, cw20) or 'autoattack'."
+            f"unknown attack {name!r}; use 'pgdK' or 'cwK' with K >= 1 steps (e.g. pgd20, cw20), the same with "
+            f"'{ANY_ITERATE}' to score the worst iterate (e.g. pgd20{ANY_ITERATE}), or 'autoattack'."
         )
     return ATTACK_FAMILIES[m.group(1)], int(m.group(2))
+
+
+def scores_any_iterate(name: str) -> bool:
+    """Whether attack ``name`` counts a sample as fooled when any iterate fooled it."""
+    return name != AUTOATTACK and name.endswith(ANY_ITERATE)
 
 
 def attack_settings(
@@ -53,7 +67,7 @@ def attack_settings(
         return {"kind": AUTOATTACK, "eps": eps, "norm": norm, "package": import_autoattack()[1],
                 **plan_autoattack(num_classes, autoattack).to_dict()}
     return {"kind": "pgd", "loss": loss, "steps": steps, "eps": eps, "step_size": eps / 4,
-            "random_start": "uniform", "norm": norm}
+            "random_start": "uniform", "norm": norm, "scored": "any iterate" if scores_any_iterate(name) else "final iterate"}
 
 
 @torch.no_grad()
@@ -82,6 +96,8 @@ def evaluate(
     ``progress`` wraps the batch iterable (``tqdm``, for instance). ``autoattack``
     names a custom AutoAttack set for the ``"autoattack"`` entry (default: the
     standard version, reduced below 10 classes); it is seeded with ``seed`` too.
+    The report's ``confusion`` maps each attack to the ``(C, C)`` counts of true
+    class (row) against the class predicted on its adversarial examples (column).
     """
     specs = [(name, *parse_attack(name)) for name in attacks]
     num_classes = len(class_names)
@@ -97,6 +113,8 @@ def evaluate(
     clean = torch.zeros_like(counts)
     robust = {name: torch.zeros_like(counts) for name, _, _ in specs}
     worst = torch.zeros_like(counts)
+    confusion = {name: torch.zeros(num_classes, num_classes, dtype=torch.float64, device=device)
+                 for name, _, _ in specs}
     loss_sums = {k: torch.zeros_like(counts) for k in ("clean_ce", "adv_ce", "kl")}
     try:
         for x, y in progress(batches) if progress else batches:
@@ -108,10 +126,16 @@ def evaluate(
             for i, (name, loss, steps) in enumerate(specs):
                 if loss == AUTOATTACK:
                     x_adv = runner(x, y)
+                elif scores_any_iterate(name):
+                    x_adv = pgd_early_stop(model, x, y, eps, eps / 4, steps, extra_steps=0, norm=norm, loss=loss,
+                                           clip=clip, generator=generator).x_first_wrong
                 else:
                     x_adv = pgd(model, x, y, eps, eps / 4, steps, norm=norm, loss=loss, clip=clip, generator=generator)
                 adv_logits = model(x_adv)
-                ok = adv_logits.argmax(1) == y
+                pred = adv_logits.argmax(1)
+                ok = pred == y
+                confusion[name] += torch.bincount(y * num_classes + pred, minlength=num_classes ** 2).view(
+                    num_classes, num_classes).double()
                 all_ok &= ok
                 robust[name] += torch.bincount(y, weights=ok.double(), minlength=num_classes)
                 if losses and i == 0:
@@ -135,4 +159,5 @@ def evaluate(
         clean_acc=(clean / n).cpu(),
         robust_acc=robust_acc,
         losses={k: (v / n).cpu() for k, v in loss_sums.items()} if losses else {},
+        confusion={name: v.long().cpu() for name, v in confusion.items()},
     )

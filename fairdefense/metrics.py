@@ -94,7 +94,9 @@ class ClassReport:
     ``clean_acc`` is ``(C,)``; ``robust_acc`` maps an attack name (``"pgd20"``,
     ``"cw20"``, ``"autoattack"``, :data:`WORST_CASE`) to ``(C,)`` accuracies;
     ``losses`` maps a loss name to per-class mean losses. All tensors are float64 on
-    the CPU.
+    the CPU. ``confusion`` maps an attack name (not :data:`WORST_CASE`) to the
+    ``(C, C)`` int64 counts of true class (row) against predicted class (column) on
+    its adversarial examples.
     """
 
     class_names: list[str]
@@ -102,6 +104,7 @@ class ClassReport:
     clean_acc: Tensor
     robust_acc: dict[str, Tensor] = field(default_factory=dict)
     losses: dict[str, Tensor] = field(default_factory=dict)
+    confusion: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -149,6 +152,7 @@ class ClassReport:
             "clean_acc": self.clean_acc.tolist(),
             "robust_acc": {k: v.tolist() for k, v in self.robust_acc.items()},
             "losses": {k: v.tolist() for k, v in self.losses.items()},
+            "confusion": {k: v.tolist() for k, v in self.confusion.items()},
             "summary": self.summary(),
         }
 
@@ -161,4 +165,5 @@ class ClassReport:
             clean_acc=t(data["clean_acc"]),
             robust_acc={k: t(v) for k, v in data.get("robust_acc", {}).items()},
             losses={k: t(v) for k, v in data.get("losses", {}).items()},
+            confusion={k: torch.tensor(v, dtype=torch.long) for k, v in data.get("confusion", {}).items()},
         )

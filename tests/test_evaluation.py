@@ -6,7 +6,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fairdefense import ConfigError, evaluate
-from fairdefense.evaluation import attack_settings, parse_attack
+from fairdefense.evaluation import attack_settings, parse_attack, scores_any_iterate
 from fairdefense.metrics import WORST_CASE
 
 EPS = 0.05
@@ -129,9 +129,104 @@ def test_attack_names_and_settings():
     for bad in ("pgd0", "fgsm", "autoattack2", "PGD20"):
         with pytest.raises(ConfigError, match="unknown attack"):
             parse_attack(bad)
+    assert parse_attack("pgd20-any") == ("ce", 20) and scores_any_iterate("pgd20-any")
+    assert not scores_any_iterate("pgd20") and not scores_any_iterate("autoattack")
+    for bad in ("pgd20-all", "autoattack-any"):
+        with pytest.raises(ConfigError, match="-any"):
+            parse_attack(bad)
     s = attack_settings("cw20", eps=0.2, norm="linf", num_classes=10)
     assert s == {"kind": "pgd", "loss": "cw", "steps": 20, "eps": 0.2, "step_size": 0.05,
-                 "random_start": "uniform", "norm": "linf"}
+                 "random_start": "uniform", "norm": "linf", "scored": "final iterate"}
+    assert attack_settings("cw20-any", eps=0.2, norm="linf", num_classes=10)["scored"] == "any iterate"
     aa = attack_settings("autoattack", eps=8 / 255, norm="linf", num_classes=10)
     assert aa["version"] == "standard" and aa["attacks"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
     assert aa["package"] in ("autoattack", "pyautoattack")
+
+
+def reference_any_iterate(model, x, y, steps, generator):
+    """Textbook PGD as above, but a sample is robust only if the start, every step and the final
+    iterate are all classified correctly (FAAL's evaluator: frozen at the first success)."""
+    u = torch.rand(x.shape, generator=generator)
+    x_adv = torch.clamp(x + (2 * u - 1) * EPS, 0, 1)
+    ok = torch.ones(len(y), dtype=torch.bool)
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        logits = model(x_adv)
+        ok &= logits.argmax(1) == y
+        (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), x_adv)
+        with torch.no_grad():
+            x_adv = torch.min(torch.max(x_adv + EPS / 4 * grad.sign(), x - EPS), x + EPS).clamp(0, 1)
+    with torch.no_grad():
+        ok &= model(x_adv).argmax(1) == y
+    return ok
+
+
+class Oscillator(nn.Module):
+    """Two classes from the second input coordinate t: class 1 only in a band of half-width
+    0.005 around t = 0.53, narrower than the PGD step (EPS/4 = 0.0125). CE ascent walks t to
+    the band and then jumps across it, so many samples are fooled at some iterate but not
+    at the final one."""
+
+    def forward(self, x):
+        t = x[:, 1]
+        return torch.stack([torch.zeros_like(t), 1 - ((t - 0.53) / 0.005) ** 2], 1)
+
+
+def test_any_iterate_scores_the_worst_iterate_of_the_same_trajectory():
+    model = Oscillator()
+    x = torch.full((200, 2), 0.5)
+    y = torch.zeros(200, dtype=torch.long)
+    data = batches(x, y, 50)
+    worst = evaluate(model, data, ["0", "1"], ["pgd10-any"], eps=EPS, seed=2)
+    final = evaluate(model, data, ["0", "1"], ["pgd10"], eps=EPS, seed=2)  # the same starts
+    g = torch.Generator().manual_seed(2)
+    ok_any = torch.cat([reference_any_iterate(model, xb, yb, 10, g) for xb, yb in data])
+    g = torch.Generator().manual_seed(2)
+    ok_final = torch.cat([model(reference_attack(model, xb, yb, 10, "ce", g)).argmax(1) == yb for xb, yb in data])
+    assert worst.robust_acc["pgd10-any"][0].item() == ok_any.double().mean().item()
+    assert final.robust_acc["pgd10"][0].item() == ok_final.double().mean().item()
+    assert ok_any.double().mean() < ok_final.double().mean() - 0.1  # the choice matters on this model
+
+
+class TableModel(nn.Module):
+    """Predicts from a lookup table: input ``[id / 100, 0.5]``; the clean prediction of sample
+    ``id`` while the input is unperturbed, its "attacked" prediction once any perturbation
+    moves the second coordinate (the random start always does). Gradients are zero."""
+
+    def __init__(self, clean_pred, adv_pred, num_classes):
+        super().__init__()
+        self.clean = torch.tensor(clean_pred)
+        self.adv = torch.tensor(adv_pred)
+        self.c = num_classes
+
+    def forward(self, x):
+        ids = torch.round(x[:, 0] * 100).long()
+        moved = (x[:, 1] - 0.5).abs() > 1e-9
+        pred = torch.where(moved, self.adv[ids], self.clean[ids])
+        return F.one_hot(pred, self.c).double() * 5 + 0 * x.sum(1, keepdim=True)
+
+
+def test_per_class_figures_and_confusion_match_a_hand_built_table():
+    # sample:      0  1  2  3  4  5  6  7
+    y = [0, 0, 0, 1, 1, 2, 2, 2]
+    clean_pred = [0, 0, 1, 1, 1, 2, 2, 0]
+    adv_pred = [0, 2, 1, 1, 2, 0, 2, 0]
+    x = torch.tensor([[i / 100, 0.5] for i in range(8)], dtype=torch.float64)
+    model = TableModel(clean_pred, adv_pred, 3)
+    data = [(x[:5], torch.tensor(y[:5])), (x[5:], torch.tensor(y[5:]))]
+    report = evaluate(model, data, ["a", "b", "c"], ["pgd3", "cw2"], eps=0.001, clip=None)
+    # by hand: class a: clean 2/3 (samples 0, 1), robust 1/3 (sample 0); class b: clean 2/2, robust 1/2;
+    # class c: clean 2/3 (samples 5, 6), robust 1/3 (sample 6)
+    assert report.counts.tolist() == [3, 2, 3]
+    torch.testing.assert_close(report.clean_acc, torch.tensor([2 / 3, 1.0, 2 / 3], dtype=torch.float64))
+    for attack in ("pgd3", "cw2", WORST_CASE):
+        torch.testing.assert_close(report.robust_acc[attack], torch.tensor([1 / 3, 0.5, 1 / 3], dtype=torch.float64))
+        torch.testing.assert_close(report.boundary_error(attack), torch.tensor([1 / 3, 0.5, 1 / 3], dtype=torch.float64))
+    s = report.summary()
+    assert s["pgd3/robust_acc"]["worst"] == pytest.approx(1 / 3)
+    assert s["pgd3/robust_acc"]["avg"] == pytest.approx((1 / 3 + 0.5 + 1 / 3) / 3)
+    assert s["pgd3/boundary_error"]["worst"] == pytest.approx(0.5)
+    # adversarial confusion, rows = true class: a -> {a: 1, c: 1, b: 1}; b -> {b: 1, c: 1}; c -> {a: 2, c: 1}
+    expected = [[1, 1, 1], [0, 1, 1], [2, 0, 1]]
+    assert report.confusion["pgd3"].tolist() == expected and report.confusion["cw2"].tolist() == expected
+    assert WORST_CASE not in report.confusion

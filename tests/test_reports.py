@@ -49,7 +49,7 @@ def test_training_report_holds_the_final_test_evaluation(run):
     assert sorted(files) == sorted(REPORT_FILES)
     m = load_metrics(run_dir / "metrics.json")
     test = lines(run_dir)[-1]["test"]
-    assert m["schema_version"] == SCHEMA_VERSION == 1
+    assert m["schema_version"] == SCHEMA_VERSION == 2
     assert m["run"]["strategy"] == "ema" and m["run"]["dataset"] == "digits" and m["run"]["epochs"] == 2
     ev = m["evaluated"]
     assert (ev["selection"], ev["epoch"], ev["weights_used"]) == ("training", 2, "plugin")

@@ -32,6 +32,7 @@ def add_parser(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the resolved config as TOML and exit without training")
     p.add_argument("--dataset", help="dataset name (default: digits, embedded)")
     p.add_argument("--data-dir", help="where datasets are stored / downloaded")
+    p.add_argument("--fold", metavar="I/K", help="test on fold I (from 0) of a stratified K-fold split (digits)")
     p.add_argument("--model", help="model name (default: the dataset's)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
@@ -64,7 +65,7 @@ def _config(args: argparse.Namespace):
     from fairdefense.config import TrainConfig
 
     given = {
-        "dataset": args.dataset, "data_dir": args.data_dir, "model": args.model, "objective": args.objective,
+        "dataset": args.dataset, "data_dir": args.data_dir, "fold": args.fold, "model": args.model, "objective": args.objective,
         "beta": args.beta, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
         "schedule": args.schedule, "eps": args.eps, "eps_step": args.eps_step, "attack_steps": args.attack_steps,
         "norm": args.norm, "random_start": args.random_start, "val_size": args.val_size, "select_best": args.select_best, "amp": args.amp,

@@ -12,12 +12,13 @@ of class sub-folders, given as ``data_dir``). See docs/data.md.
 from __future__ import annotations
 
 import difflib
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 
 from fairdefense.data import cifar, digits, gtsrb, imagefolder, svhn
 from fairdefense.data.bundle import DatasetBundle
-from fairdefense.data.splits import per_class_split, stratified_split
+from fairdefense.data.splits import kfold_indices, kfold_split, per_class_split, stratified_split
 from fairdefense.errors import ConfigError
 
 __all__ = [
@@ -31,6 +32,8 @@ __all__ = [
     "register_dataset",
     "per_class_split",
     "stratified_split",
+    "kfold_indices",
+    "kfold_split",
 ]
 
 
@@ -137,10 +140,19 @@ def _check_name(name: str) -> None:
         raise ConfigError(f"unknown dataset {name!r}.{hint} Available: {', '.join(list_datasets())}.")
 
 
-def load_dataset(name: str, data_dir: str | None = None, download: bool = True) -> DatasetBundle:
-    """Load a registered dataset by name; unknown names suggest the nearest ones."""
+def load_dataset(name: str, data_dir: str | None = None, download: bool = True, fold: str | None = None) -> DatasetBundle:
+    """Load a registered dataset by name; unknown names suggest the nearest ones.
+
+    ``fold`` (``"I/K"``) asks for fold ``I`` of a K-fold protocol as the test set, for
+    loaders that offer one (a ``fold`` parameter; built in: ``digits``).
+    """
     _check_name(name)
-    return DATASETS[name](data_dir=data_dir, download=download)
+    if fold is None:
+        return DATASETS[name](data_dir=data_dir, download=download)
+    if "fold" not in inspect.signature(DATASETS[name]).parameters:
+        offered = [n for n, f in DATASETS.items() if "fold" in inspect.signature(f).parameters]
+        raise ConfigError(f"dataset {name!r} has no k-fold protocol; drop fold (--fold) or use one of {offered}.")
+    return DATASETS[name](data_dir=data_dir, download=download, fold=fold)
 
 
 def dataset_spec(name: str, data_dir: str | None = None) -> DatasetSpec:

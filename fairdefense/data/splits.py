@@ -1,4 +1,4 @@
-"""Deterministic stratified splits."""
+"""Deterministic stratified splits: hold-out sets and k-fold cross-validation."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +7,7 @@ from torch import Tensor
 
 from fairdefense.errors import ConfigError
 
-__all__ = ["per_class_split", "stratified_split"]
+__all__ = ["per_class_split", "stratified_split", "kfold_indices", "kfold_split", "parse_fold"]
 
 
 def _per_class_count(n_c: int, size: float) -> int:
@@ -42,3 +42,43 @@ def stratified_split(targets: Tensor, fraction: float, seed: int) -> tuple[Tenso
     if not 0 < fraction < 1:
         raise ConfigError(f"fraction must be in (0, 1), got {fraction}.")
     return per_class_split(targets, fraction, seed)
+
+
+def parse_fold(fold: str) -> tuple[int, int]:
+    """``"2/5"`` -> ``(2, 5)``: fold 2 (counted from 0) of 5; raises ``ConfigError`` naming the form."""
+    index, sep, folds = str(fold).partition("/")
+    try:
+        i, k = int(index), int(folds)
+    except ValueError:
+        i, k = -1, 0
+    if not sep or k < 2 or not 0 <= i < k:
+        raise ConfigError(f"fold must look like I/K with K >= 2 folds and 0 <= I < K (e.g. 0/5), got {fold!r}.")
+    return i, k
+
+
+def kfold_indices(targets: Tensor, folds: int, seed: int = 0) -> list[Tensor]:
+    """Stratified k-fold: ``folds`` sorted index tensors, disjoint, together covering every sample once.
+
+    Each class's samples are shuffled with ``seed`` and dealt in turn to the folds, so
+    every fold holds ``floor`` or ``ceil`` of ``n_c / folds`` samples of class ``c``.
+    The same targets and seed give the same folds.
+    """
+    if folds < 2:
+        raise ConfigError(f"k-fold needs at least 2 folds, got {folds}.")
+    targets = torch.as_tensor(targets).long().cpu()
+    rng = np.random.default_rng(seed)
+    parts: list[list[np.ndarray]] = [[] for _ in range(folds)]
+    for c in torch.unique(targets).tolist():
+        idx = rng.permutation(torch.nonzero(targets == c).flatten().numpy())
+        if len(idx) < folds:
+            raise ConfigError(f"class {c} has {len(idx)} samples, fewer than the {folds} folds; use fewer folds.")
+        for f in range(folds):
+            parts[f].append(idx[f::folds])
+    return [torch.from_numpy(np.sort(np.concatenate(p))) for p in parts]
+
+
+def kfold_split(targets: Tensor, fold: str, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """``(train, test)`` indices of ``fold`` (``"I/K"``): fold ``I`` of :func:`kfold_indices` is the test set."""
+    i, k = parse_fold(fold)
+    parts = kfold_indices(targets, k, seed)
+    return torch.cat([p for j, p in enumerate(parts) if j != i]).sort().values, parts[i]

@@ -6,10 +6,14 @@ A run folder (written by :class:`~fairdefense.trainer.Trainer`) holds
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from fairdefense.checkpoint import FORMAT_VERSION, load_checkpoint
@@ -126,6 +130,23 @@ def write_report_files(
     return files
 
 
+class _Fingerprinted:
+    """The batches of a loader, passed through unchanged while a SHA-256 digest reads each
+    batch's inputs and labels (so ``metrics.json`` can say exactly which samples were scored)."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader, self.digest = loader, hashlib.sha256()
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for x, y in self.loader:
+            self.digest.update(x.detach().cpu().float().contiguous().numpy().tobytes())
+            self.digest.update(y.detach().cpu().long().numpy().tobytes())
+            yield x, y
+
+
 def evaluate_run(
     target: str | Path,
     attacks: Sequence[str] | None = None,
@@ -138,34 +159,56 @@ def evaluate_run(
     device: str | None = None,
     seed: int = 0,
     autoattack: Sequence[str] | None = None,
-    progress: bool = False,
+    progress: bool | Callable[[Iterable], Iterable] = False,
     out: str | Path | None = None,
+    write: bool = True,
 ) -> tuple[dict[str, Any], dict[str, Path]]:
-    """Evaluate a run folder or checkpoint on its test split and write the report files.
+    """Evaluate a run folder or checkpoint on its test split (its fold's, for a k-fold run)
+    and write the report files. The one public way to evaluate a checkpoint.
 
     ``attacks`` defaults to :data:`DEFAULT_ATTACKS`; ``checkpoint`` is ``"last"`` or
-    ``"best"`` for a run folder; the files go to ``out`` (default: the run folder, or
-    the checkpoint's folder). Returns the ``metrics.json`` dict and the written files.
+    ``"best"`` for a run folder; ``weights="eval"`` uses the weights a plugin supplied
+    for evaluation (EMA, FAWA) when there are any, ``"trained"`` the trained ones;
+    ``n_samples`` takes the first N test samples; ``progress`` is ``True`` for a tqdm
+    bar or a wrapper of the batch iterable. The files go to ``out`` (default: the run
+    folder, or the checkpoint's folder); ``write=False`` writes nothing. Returns the
+    ``metrics.json`` dict and the written files.
     """
-    from fairdefense.api import evaluate_checkpoint
+    from fairdefense.config import TrainConfig
+    from fairdefense.data import load_dataset
+    from fairdefense.evaluation import evaluate
+    from fairdefense.models import create_model
 
+    if weights not in ("eval", "trained"):
+        raise ConfigError(f"weights must be 'eval' or 'trained', got {weights!r}.")
     ckpt, run_dir = resolve_checkpoint(target, checkpoint)
     state = _training_state(ckpt)
     config = state["config"]
-    attacks = list(attacks or DEFAULT_ATTACKS)
-    bar = (lambda it: tqdm(it, desc=f"evaluating {ckpt.name}", unit="batch")) if progress else None
-    report = evaluate_checkpoint(
-        ckpt, attacks, eps=eps, n_samples=n_samples, batch_size=batch_size, weights=weights, device=device,
-        seed=seed, progress=bar, autoattack=autoattack,
+    run = TrainConfig.from_dict(config)
+    meta = state["data"]
+    model = create_model(meta["model"], len(meta["class_names"]), tuple(meta["input_shape"]), meta["mean"], meta["std"])
+    chosen = state["eval_model"] if weights == "eval" and state["eval_model"] is not None else state["model"]
+    model.load_state_dict(chosen)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    data = load_dataset(meta["dataset"], run.data_dir, fold=run.fold).test
+    if n_samples is not None:
+        data = Subset(data, range(min(n_samples, len(data))))
+    batches = _Fingerprinted(DataLoader(data, batch_size=batch_size or run.batch_size, shuffle=False))
+    bar = (lambda it: tqdm(it, desc=f"evaluating {ckpt.name}", unit="batch")) if progress is True else progress or None
+    report = evaluate(
+        model.to(dev), batches, meta["class_names"], list(attacks or DEFAULT_ATTACKS), eps=eps or run.eps,
+        norm=run.norm, clip=tuple(meta["clip"]), device=dev, seed=seed, progress=bar, autoattack=autoattack,
     )
     selection = checkpoint or ("last" if Path(target).is_dir() else "file")
     metrics = build_metrics(
         report, config=config, evaluated=_evaluated(config, state, ckpt, selection, weights, int(state["epoch"])),
-        eps=eps or config["eps"], norm=config["norm"], seed=seed, autoattack=autoattack, run_dir=run_dir,
+        eps=eps or run.eps, norm=run.norm, seed=seed, autoattack=autoattack, run_dir=run_dir,
+        samples={"first_n": n_samples, "sha256": batches.digest.hexdigest()},
     )
+    if not write:
+        return metrics, {}
     history = read_history(run_dir) or list(state.get("history") or [])
-    files = write_report_files(out or run_dir, metrics, history)
-    return metrics, files
+    return metrics, write_report_files(out or run_dir, metrics, history)
 
 
 def _read_config(run_dir: Path) -> dict[str, Any]:

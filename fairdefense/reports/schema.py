@@ -1,17 +1,21 @@
 """``metrics.json``: the versioned, documented record of one evaluation.
 
-Top-level fields (schema version 1; ``docs/evaluation.md`` describes each):
+Top-level fields (schema version 2; ``docs/evaluation.md`` describes each):
 ``schema_version``, ``fairdefense_version``, ``created``, ``run`` (config
 summary and strategy label), ``evaluated`` (which checkpoint, epoch and weights),
-``data`` (split, sample count, class names and per-class counts), ``settings``
-(radius, norm, seed and every attack's exact settings), ``clean`` (per-class
-accuracy and error with summaries), ``attacks`` (per attack, including the
-``worst-case`` row: per-class robust accuracy, boundary and robust error, with
-summaries) and ``losses`` (per-class mean losses, possibly empty).
+``data`` (split, fold, which samples, sample count, class names and per-class
+counts), ``settings`` (radius, norm, seed and every attack's exact settings),
+``stats`` (how the intervals were computed), ``clean`` (per-class accuracy and
+error with summaries and intervals), ``attacks`` (per attack, including the
+``worst-case`` row: per-class correct counts, robust accuracy with intervals,
+boundary and robust error, summaries with bootstrap intervals, and the confusion
+matrix) and ``losses`` (per-class mean losses, possibly empty).
 
 Accuracies and errors are fractions in ``[0, 1]``; a class without samples is
 ``null``. Summaries are :func:`fairdefense.metrics.summarize`'s ``avg``,
-``worst``, ``best``, ``gap`` and ``std`` over classes.
+``worst``, ``best``, ``gap`` and ``std`` over classes. Version 1 files (no
+intervals, no confusion) are still read: :func:`load_metrics` adds the intervals,
+which follow from the per-class counts.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from torch import Tensor
 from fairdefense.errors import ConfigError
 from fairdefense.evaluation import AUTOATTACK, attack_settings
 from fairdefense.metrics import WORST_CASE, ClassReport
+from fairdefense.stats import BOOTSTRAP_SEED, LEVEL, RESAMPLES, bootstrap_summaries, class_intervals
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -38,14 +43,19 @@ __all__ = [
     "load_metrics",
     "headline_attack",
     "eps_text",
+    "correct_counts",
+    "add_intervals",
+    "READABLE_VERSIONS",
 ]
 
 #: Version of the ``metrics.json`` layout; raised on any incompatible change.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Versions :func:`load_metrics` reads (older ones gain the intervals on reading).
+READABLE_VERSIONS = (1, 2)
 #: Config fields copied into ``metrics.json``'s ``run`` summary.
 RUN_KEYS = (
     "dataset", "model", "objective", "beta", "epochs", "batch_size", "lr", "schedule", "eps", "eps_step",
-    "attack_steps", "norm", "val_size", "select_best", "seed", "plugins", "plugin_options",
+    "attack_steps", "norm", "val_size", "select_best", "seed", "fold", "plugins", "plugin_options",
 )
 
 
@@ -72,6 +82,37 @@ def _finite(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_finite(v) for v in obj]
     return obj
+
+
+def correct_counts(acc: Sequence[float | None], counts: Sequence[int]) -> list[int]:
+    """Per-class numbers of correct samples from accuracies and sample counts (a class
+    without samples: 0)."""
+    return [0 if a is None or (isinstance(a, float) and math.isnan(a)) else int(round(a * n))
+            for a, n in zip(acc, counts)]
+
+
+def _stats_settings() -> dict[str, Any]:
+    return {"level": LEVEL, "class_interval": "clopper-pearson",
+            "summary_interval": "stratified percentile bootstrap", "resamples": RESAMPLES, "seed": BOOTSTRAP_SEED}
+
+
+def _with_intervals(entry: dict[str, Any], acc_key: str, counts: Sequence[int], summary_key: str) -> None:
+    """Add ``correct``, ``ci`` (per class) and ``summary_ci[summary_key]`` to an entry."""
+    correct = correct_counts(entry[acc_key], counts)
+    entry["correct"] = correct
+    entry["ci"] = [None if n == 0 else list(ci) for ci, n in zip(class_intervals(correct, counts), counts)]
+    entry["summary_ci"] = {summary_key: {k: list(v) for k, v in bootstrap_summaries(correct, counts).items()}}
+
+
+def add_intervals(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Fill ``stats`` and every per-class and summary interval of a ``metrics.json`` dict
+    from its accuracies and per-class counts (in place; returns it)."""
+    counts = metrics["data"]["counts"]
+    metrics["stats"] = _stats_settings()
+    _with_intervals(metrics["clean"], "acc", counts, "acc")
+    for entry in metrics["attacks"].values():
+        _with_intervals(entry, "robust_acc", counts, "robust_acc")
+    return _finite(metrics)
 
 
 def eps_text(eps: float) -> str:
@@ -101,13 +142,16 @@ def build_metrics(
     autoattack: Sequence[str] | None = None,
     run_dir: str | Path | None = None,
     split: str = "test",
+    samples: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``metrics.json`` dict of one evaluation.
 
     ``config`` is the run's :class:`~fairdefense.config.TrainConfig` as a dict;
     ``evaluated`` describes the weights (``checkpoint``, ``selection``, ``epoch``,
     ``weights``, ``weights_used``); ``eps``/``norm``/``seed``/``autoattack`` are the
-    settings the report was produced with.
+    settings the report was produced with. ``samples`` says which samples were
+    scored (``first_n``, ``sha256`` of the evaluated inputs and labels; unknown when
+    not given).
     """
     from fairdefense import __version__
 
@@ -123,6 +167,8 @@ def build_metrics(
             "robust_error": _values(report.robust_error(name)),
             "summary": {q: summary[f"{name}/{q}"] for q in ("robust_acc", "boundary_error", "robust_error")},
         }
+    for name, matrix in report.confusion.items():
+        entries[name]["confusion"] = matrix.tolist()
     if WORST_CASE in entries:
         entries[WORST_CASE]["over"] = attacks
     metrics = {
@@ -137,6 +183,9 @@ def build_metrics(
         "evaluated": dict(evaluated),
         "data": {
             "split": split,
+            "fold": config.get("fold"),
+            "first_n": (samples or {}).get("first_n"),
+            "sha256": (samples or {}).get("sha256"),
             "n_samples": int(report.counts.sum()),
             "class_names": list(report.class_names),
             "counts": report.counts.tolist(),
@@ -150,7 +199,7 @@ def build_metrics(
         "attacks": entries,
         "losses": {k: _values(v) for k, v in report.losses.items()},
     }
-    return _finite(json.loads(json.dumps(metrics, default=str)))
+    return add_intervals(_finite(json.loads(json.dumps(metrics, default=str))))
 
 
 def report_from_metrics(metrics: Mapping[str, Any]) -> ClassReport:
@@ -161,6 +210,8 @@ def report_from_metrics(metrics: Mapping[str, Any]) -> ClassReport:
         clean_acc=_tensor(metrics["clean"]["acc"]),
         robust_acc={k: _tensor(v["robust_acc"]) for k, v in metrics["attacks"].items()},
         losses={k: _tensor(v) for k, v in metrics.get("losses", {}).items()},
+        confusion={k: torch.tensor(v["confusion"], dtype=torch.long)
+                   for k, v in metrics["attacks"].items() if v.get("confusion") is not None},
     )
 
 
@@ -172,16 +223,17 @@ def save_metrics(metrics: Mapping[str, Any], path: str | Path) -> Path:
 
 
 def load_metrics(path: str | Path) -> dict[str, Any]:
-    """Read a ``metrics.json``, checking its schema version."""
+    """Read a ``metrics.json``, checking its schema version; a version 1 file gains the
+    intervals (computed from its counts) and keeps ``schema_version`` 1."""
     path = Path(path)
     try:
         metrics = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"cannot read {str(path)!r} as metrics.json: {exc}") from exc
     version = metrics.get("schema_version") if isinstance(metrics, dict) else None
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS:
         raise ConfigError(
-            f"{str(path)!r} has metrics.json schema version {version!r}, this fairdefense reads version "
-            f"{SCHEMA_VERSION}; re-run `fairdefense evaluate` on the run to rewrite it."
+            f"{str(path)!r} has metrics.json schema version {version!r}, this fairdefense reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}; re-run `fairdefense evaluate` on the run to rewrite it."
         )
-    return metrics
+    return add_intervals(metrics) if version == 1 else metrics
