@@ -1,7 +1,11 @@
-"""Plain-text per-class tables and the fairness summary."""
+"""Plain-text per-class tables, the fairness summary and the average and worst class with intervals."""
 from __future__ import annotations
 
+from torch import Tensor
+
 from fairdefense.metrics import ClassReport
+from fairdefense.reports.schema import correct_counts
+from fairdefense.stats import LEVEL, RESAMPLES, bootstrap_summaries, clopper_pearson
 
 __all__ = ["format_report"]
 
@@ -10,9 +14,25 @@ def _pct(v: float) -> str:
     return f"{100 * v:6.1f}"
 
 
+def _interval_line(label: str, acc: Tensor, report: ClassReport) -> str:
+    """``label: avg 71.3 [68.1, 74.2], worst 37.5 [22.1, 51.0] (class 8: exact 22.7-54.2)``."""
+    counts = report.counts.tolist()
+    correct = correct_counts(acc.tolist(), counts)
+    boot = bootstrap_summaries(correct, counts)
+    present = [c for c in range(len(counts)) if counts[c]]
+    weak = min(present, key=lambda c: acc[c].item())
+    lo, hi = clopper_pearson(correct[weak], counts[weak])
+    avg = sum(acc[c].item() for c in present) / len(present)
+    return (f"{label:<22} avg {100 * avg:5.1f} [{100 * boot['avg'][0]:5.1f}, {100 * boot['avg'][1]:5.1f}]   "
+            f"worst {100 * acc[weak].item():5.1f} [{100 * boot['worst'][0]:5.1f}, {100 * boot['worst'][1]:5.1f}]   "
+            f"(class {report.class_names[weak]}: exact {100 * lo:.1f}-{100 * hi:.1f})")
+
+
 def format_report(report: ClassReport, title: str = "") -> str:
-    """A per-class table (clean and robust accuracy per attack) and the fairness summary:
-    average, worst, best, gap and std over classes of clean/boundary/robust error."""
+    """A per-class table (clean and robust accuracy per attack), the fairness summary
+    (average, worst, best, gap and std over classes of clean/boundary/robust error), and
+    the average and worst-class accuracy with their bootstrap intervals (and the weakest
+    class's exact interval)."""
     attacks = list(report.robust_acc)
     width = max(8, *(len(n) for n in report.class_names))
     head = f"{'class':<{width}} {'n':>5} {'clean':>6} " + " ".join(f"{a:>10}" for a in attacks)
@@ -29,4 +49,8 @@ def format_report(report: ClassReport, title: str = "") -> str:
         rows += [(f"{a} boundary error", s[f"{a}/boundary_error"]), (f"{a} robust error", s[f"{a}/robust_error"])]
     for label, v in rows:
         lines.append(f"{label:<28} " + " ".join(_pct(v[k]) for k in ("avg", "worst", "best", "gap", "std")))
+    lines += ["", f"Accuracy (%) with {100 * LEVEL:.0f}% intervals over the test samples "
+                  f"(stratified bootstrap, {RESAMPLES} resamples)"]
+    lines.append(_interval_line("clean", report.clean_acc, report))
+    lines += [_interval_line(f"{a} robust", report.robust_acc[a], report) for a in attacks]
     return "\n".join(lines)

@@ -1,10 +1,13 @@
 """Report files: metrics.json (schema, values), report.md, classwise.png and curves.png for a short run."""
+import hashlib
 import json
 import shutil
 
 import matplotlib.image
 import pytest
+import numpy as np
 import torch
+from scipy import stats as st
 
 import fairdefense
 from fairdefense import ConfigError, evaluate_checkpoint
@@ -21,6 +24,7 @@ from fairdefense.reports import (
     save_metrics,
     write_run_report,
 )
+from fairdefense.reports.markdown import render_report, weak_class_lines
 from fairdefense.reports.plots import _curve_series
 from fairdefense.reports.schema import eps_text
 
@@ -67,12 +71,27 @@ def test_training_report_holds_the_final_test_evaluation(run):
     assert pgd["summary"]["robust_error"]["worst"] == pytest.approx(1 - min(acc))
     assert m["settings"]["attacks"]["pgd5"]["step_size"] == pytest.approx(m["settings"]["eps"] / 4)
     text = (run_dir / "report.md").read_text()
+
+    def cell(a, n):  # value [exact 95% interval], computed with scipy from the count
+        ci = st.binomtest(round(a * n), n).proportion_ci(method="exact")
+        return f"{100 * a:.1f} [{100 * ci.low:.1f}, {100 * ci.high:.1f}]"
+
     for c in range(10):
-        row = f"| {c} | {test['counts'][c]} | {100 * test['clean_acc'][c]:.1f} | {100 * acc[c]:.1f} |"
-        assert row in text
+        n = test["counts"][c]
+        assert f"| {c} | {n} | {cell(test['clean_acc'][c], n)} | {cell(acc[c], n)} |" in text
+        assert pgd["correct"][c] == round(acc[c] * n)
+    for entry, key in ((pgd, "robust_acc"), (m["clean"], "acc")):
+        for stat in ("avg", "worst"):
+            lo, hi = entry["summary_ci"][key][stat]
+            assert lo <= entry["summary"][key][stat] <= hi
+    assert m["stats"]["resamples"] == 2000 and m["stats"]["class_interval"] == "clopper-pearson"
+    assert len(pgd["confusion"]) == 10 and [sum(r) for r in pgd["confusion"]] == test["counts"]
+    assert [pgd["confusion"][c][c] for c in range(10)] == pgd["correct"]
     assert "![classwise](classwise.png)" in text and "![curves](curves.png)" in text
+    assert "## Where the weak classes go under pgd5" in text
     assert_png(run_dir / "classwise.png")
     assert_png(run_dir / "curves.png")
+    assert_png(run_dir / "confusion.png", min_width=300)
 
 
 def test_evaluate_run_matches_evaluate_checkpoint_and_records_the_weights(run, tmp_path):
@@ -87,7 +106,14 @@ def test_evaluate_run_matches_evaluate_checkpoint_and_records_the_weights(run, t
     assert (ev["selection"], ev["epoch"], ev["weights"], ev["weights_used"]) == ("best", result.best_epoch,
                                                                                  "trained", "trained")
     assert ev["checkpoint"] == str(run_dir / "best.pt")
-    assert metrics["data"]["n_samples"] == 60
+    assert metrics["data"]["n_samples"] == 60 and metrics["data"]["first_n"] == 60
+    # the fingerprint: every scored sample's float32 inputs then int64 label, in order (batch size irrelevant)
+    test = fairdefense.data.load_dataset("digits").test
+    digest = hashlib.sha256()
+    for i in range(60):
+        x, y = test[i]
+        digest.update(x.float().numpy().tobytes() + np.int64(y).tobytes())
+    assert metrics["data"]["sha256"] == digest.hexdigest()
     assert load_metrics(files["metrics.json"]) == metrics
     assert {p.name for p in tmp_path.iterdir()} == set(REPORT_FILES)
     with_ema = evaluate_run(run_dir, ["pgd5"], n_samples=60, seed=1, out=tmp_path / "ema")[0]
@@ -144,6 +170,20 @@ def test_metrics_round_trip_with_an_empty_class_and_strict_json(tmp_path):
     torch.testing.assert_close(back.robust_acc["pgd20"], report.robust_acc["pgd20"], equal_nan=True)
     assert back.class_names == report.class_names and back.counts.tolist() == [4, 2, 0]
     json.loads((tmp_path / "metrics.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
+    v1 = json.loads(json.dumps(m))
+    v1["schema_version"] = 1
+    del v1["stats"]
+    for entry in [v1["clean"], *v1["attacks"].values()]:
+        for key in ("correct", "ci", "summary_ci", "confusion"):
+            entry.pop(key, None)
+    (tmp_path / "v1.json").write_text(json.dumps(v1))
+    old = load_metrics(tmp_path / "v1.json")
+    assert old["schema_version"] == 1
+    assert old["attacks"]["pgd20"]["ci"] == m["attacks"]["pgd20"]["ci"]
+    assert old["attacks"]["pgd20"]["ci"][1] == [0.0, pytest.approx(1 - 0.025 ** 0.5)]  # k = 0 of n = 2, by hand
+    assert old["attacks"]["pgd20"]["ci"][2] is None and old["clean"]["correct"] == [4, 1, 0]
+    assert "confusion" not in old["attacks"]["pgd20"]
+    assert "Robustness report" in render_report(old)
     stale = dict(m, schema_version=0)
     (tmp_path / "old.json").write_text(json.dumps(stale))
     with pytest.raises(ConfigError, match="schema version 0"):
@@ -165,3 +205,21 @@ def test_curve_values_are_average_and_worst_class_per_epoch():
 def test_radius_is_written_for_people():
     radii = (8 / 255, 2 / 255, 0.2, 0.05, 0.123456)
     assert [eps_text(e) for e in radii] == ["8/255", "2/255", "0.2", "0.05", "0.123456"]
+
+
+def test_weak_class_lines_name_where_the_errors_go():
+    names = ["cat", "dog", "eel"]
+    # true class (rows) -> predicted under attack: cat 1 right, 3 -> dog, 1 -> eel; dog 4 right; eel 2 right, 2 -> cat
+    confusion = torch.tensor([[1, 3, 1], [0, 4, 0], [2, 0, 2]])
+    counts = confusion.sum(1)
+    robust = confusion.diag().double() / counts
+    report = ClassReport(class_names=names, counts=counts, clean_acc=torch.ones(3, dtype=torch.float64),
+                         robust_acc={"pgd20": robust}, confusion={"pgd20": confusion})
+    m = build_metrics(report, config={"dataset": "toy", "plugins": []}, evaluated={"selection": "file"},
+                      eps=0.1, norm="linf", seed=0)
+    lines = weak_class_lines(m, "pgd20", k=2)
+    assert len(lines) == 2
+    assert lines[0].startswith("- **cat** (20.0 [") and "4 of its 5 samples misclassified" in lines[0]
+    assert "mostly pushed to dog (3, 75% of its errors), then eel (1, 25% of its errors)." in lines[0]
+    assert lines[1].startswith("- **eel** (50.0 [") and "pushed to cat (2, 100% of its errors)." in lines[1]
+    assert report_from_metrics(m).confusion["pgd20"].tolist() == confusion.tolist()

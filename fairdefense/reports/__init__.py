@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from fairdefense.reports.leaderboard import LEADERBOARD_FILES, leaderboard, leaderboard_markdown, write_leaderboard
 from fairdefense.reports.markdown import render_report
-from fairdefense.reports.plots import plot_classwise, plot_curves, plot_scatter
+from fairdefense.reports.plots import plot_classwise, plot_confusion, plot_curves, plot_scatter
 from fairdefense.reports.runs import (
     DEFAULT_ATTACKS,
     REPORT_FILES,
@@ -25,6 +25,7 @@ from fairdefense.reports.runs import (
 )
 from fairdefense.reports.schema import (
     SCHEMA_VERSION,
+    add_intervals,
     build_metrics,
     headline_attack,
     load_metrics,
@@ -39,6 +40,7 @@ __all__ = [
     "REPORT_FILES",
     "LEADERBOARD_FILES",
     "build_metrics",
+    "add_intervals",
     "report_from_metrics",
     "save_metrics",
     "load_metrics",
@@ -46,6 +48,7 @@ __all__ = [
     "strategy_label",
     "render_report",
     "plot_classwise",
+    "plot_confusion",
     "plot_curves",
     "plot_scatter",
     "resolve_checkpoint",

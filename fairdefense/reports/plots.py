@@ -1,6 +1,7 @@
 """The report's pictures, drawn with matplotlib's Agg canvas (no display, no pyplot state).
 
-- :func:`plot_classwise`: per-class clean and robust accuracy bars (``classwise.png``);
+- :func:`plot_classwise`: per-class clean and robust accuracy bars with 95% intervals (``classwise.png``);
+- :func:`plot_confusion`: where each class's adversarial examples are predicted (``confusion.png``);
 - :func:`plot_curves`: average and worst-class robust accuracy per epoch (``curves.png``);
 - :func:`plot_scatter`: average vs worst-class robust accuracy, one point per run.
 """
@@ -17,7 +18,7 @@ from fairdefense.errors import ConfigError
 from fairdefense.metrics import WORST_CASE, summarize
 from fairdefense.reports.schema import eps_text, headline_attack
 
-__all__ = ["plot_classwise", "plot_curves", "plot_scatter", "MAX_BAR_CLASSES"]
+__all__ = ["plot_classwise", "plot_confusion", "plot_curves", "plot_scatter", "MAX_BAR_CLASSES"]
 
 #: Above this many classes, the bar chart keeps only clean and the headline attack.
 MAX_BAR_CLASSES = 20
@@ -41,7 +42,8 @@ def _title(metrics: Mapping[str, Any]) -> str:
 
 
 def plot_classwise(metrics: Mapping[str, Any], path: str | Path) -> Path:
-    """Grouped bars per class: clean accuracy and robust accuracy under each attack.
+    """Grouped bars per class: clean accuracy and robust accuracy under each attack, with
+    each class's exact 95% interval as an error bar (when the metrics have intervals).
 
     The legend gives each series' average and worst class over classes. With more
     than :data:`MAX_BAR_CLASSES` classes only clean and the headline attack are drawn,
@@ -52,18 +54,25 @@ def plot_classwise(metrics: Mapping[str, Any], path: str | Path) -> Path:
     many = len(names) > MAX_BAR_CLASSES
     if many and attacks:
         attacks = [headline_attack(attacks)]
-    series = [("clean", metrics["clean"]["acc"], metrics["clean"]["summary"]["acc"])]
+    series = [("clean", metrics["clean"]["acc"], metrics["clean"]["summary"]["acc"], metrics["clean"].get("ci"))]
     for a in attacks:
-        series.append((a, metrics["attacks"][a]["robust_acc"], metrics["attacks"][a]["summary"]["robust_acc"]))
+        e = metrics["attacks"][a]
+        series.append((a, e["robust_acc"], e["summary"]["robust_acc"], e.get("ci")))
     n, k = len(names), len(series)
     width = 0.8 / k
     fig = Figure(figsize=(9.0, max(6.0, 0.22 * n)) if many else (max(8.0, 0.22 * n * (k + 1)), 4.8))
     ax = fig.add_subplot()
     colors = ["#9e9e9e", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
-    for i, (label, values, s) in enumerate(series):
+    for i, (label, values, s, ci) in enumerate(series):
         offsets = [c + (i - (k - 1) / 2) * width for c in range(n)]
         style = dict(color=colors[i % len(colors)], hatch="//" if label == WORST_CASE else None, edgecolor="white",
                      label=f"{label} (avg {100 * s['avg']:.1f}, worst {100 * s['worst']:.1f})")
+        if ci:
+            style["error_kw"] = dict(elinewidth=0.8, capsize=1.5, ecolor="#333333")
+            bars = _pct(values)
+            low = [b - 100 * lo[0] if lo else 0.0 for b, lo in zip(bars, ci)]
+            high = [100 * lo[1] - b if lo else 0.0 for b, lo in zip(bars, ci)]
+            style["xerr" if many else "yerr"] = [low, high]
         if many:
             ax.barh(offsets, _pct(values), width, **style)
         else:
@@ -86,8 +95,37 @@ def plot_classwise(metrics: Mapping[str, Any], path: str | Path) -> Path:
         ax.set_ylabel("accuracy (%)")
         ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
-    ax.set_title(f"Per-class clean and robust accuracy: {_title(metrics)}")
+    ax.set_title(f"Per-class clean and robust accuracy (bars: exact 95% intervals): {_title(metrics)}")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", title="accuracy (%)")
+    return _save(fig, path)
+
+
+def plot_confusion(metrics: Mapping[str, Any], attack: str, path: str | Path) -> Path:
+    """Heatmap of true class (rows) against the class predicted on ``attack``'s adversarial
+    examples (columns), each row as shares of the class's samples; counts written in the
+    cells up to 20 classes. The diagonal is the robust accuracy."""
+    names = metrics["data"]["class_names"]
+    counts = torch.tensor(metrics["attacks"][attack]["confusion"], dtype=torch.float64)
+    share = counts / counts.sum(1, keepdim=True).clamp_min(1)
+    n = len(names)
+    side = min(14.0, max(5.0, 0.45 * n + 2))
+    fig = Figure(figsize=(side + 1.2, side))
+    ax = fig.add_subplot()
+    image = ax.imshow(100 * share.numpy(), cmap="viridis", vmin=0, vmax=100)
+    fig.colorbar(image, ax=ax, label="share of the true class's samples (%)", fraction=0.046, pad=0.04)
+    if n <= MAX_BAR_CLASSES:
+        for i in range(n):
+            for j in range(n):
+                if counts[i, j] > 0:
+                    ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize="x-small",
+                            color="black" if share[i, j] > 0.6 else "white")
+        ax.set_xticks(range(n))
+        ax.set_xticklabels(names, rotation=45 if max(len(str(c)) for c in names) > 3 else 0, ha="right")
+        ax.set_yticks(range(n))
+        ax.set_yticklabels(names)
+    ax.set_xlabel(f"predicted class under {attack}")
+    ax.set_ylabel("true class")
+    ax.set_title(f"Adversarial confusion ({attack}): {_title(metrics)}", fontsize="small")
     return _save(fig, path)
 
 

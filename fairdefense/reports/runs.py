@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
@@ -19,8 +20,8 @@ from tqdm.auto import tqdm
 from fairdefense.checkpoint import FORMAT_VERSION, load_checkpoint
 from fairdefense.errors import ConfigError
 from fairdefense.metrics import ClassReport
-from fairdefense.reports.markdown import render_report
-from fairdefense.reports.plots import plot_classwise, plot_curves
+from fairdefense.reports.markdown import confusion_attack, render_report
+from fairdefense.reports.plots import plot_classwise, plot_confusion, plot_curves
 from fairdefense.reports.schema import build_metrics, load_metrics, save_metrics
 
 __all__ = [
@@ -38,7 +39,7 @@ __all__ = [
 #: Attacks ``fairdefense evaluate`` runs by default (the papers' set; clean is always measured).
 DEFAULT_ATTACKS = ("pgd20", "cw20", "autoattack")
 #: The files a report writes into its folder.
-REPORT_FILES = ("metrics.json", "report.md", "classwise.png", "curves.png")
+REPORT_FILES = ("metrics.json", "report.md", "classwise.png", "curves.png", "confusion.png")
 
 
 def resolve_checkpoint(target: str | Path, which: str | None = None) -> tuple[Path, Path]:
@@ -113,8 +114,9 @@ def _evaluated(
 def write_report_files(
     out_dir: str | Path, metrics: dict[str, Any], history: Sequence[dict[str, Any]]
 ) -> dict[str, Path]:
-    """Write ``metrics.json``, ``classwise.png``, ``curves.png`` (when there is a history) and
-    ``report.md`` into ``out_dir``; returns ``{file name: path}``. The curves mark
+    """Write ``metrics.json``, ``classwise.png``, ``curves.png`` (when there is a history),
+    ``confusion.png`` (when an attack has a confusion matrix) and ``report.md`` into
+    ``out_dir``; returns ``{file name: path}``. The curves mark
     ``metrics["evaluated"]["best_epoch"]`` when it is set."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -124,6 +126,9 @@ def write_report_files(
         title = f"{metrics['run']['strategy']} on {metrics['run']['dataset']}: robust accuracy per epoch"
         files["curves.png"] = plot_curves(history, out / "curves.png", title=title,
                                           best_epoch=metrics["evaluated"].get("best_epoch"))
+    shown = confusion_attack(metrics)
+    if shown is not None:
+        files["confusion.png"] = plot_confusion(metrics, shown, out / "confusion.png")
     report = out / "report.md"
     report.write_text(render_report(metrics, [name for name in files if name.endswith(".png")]))
     files["report.md"] = report
@@ -131,8 +136,9 @@ def write_report_files(
 
 
 class _Fingerprinted:
-    """The batches of a loader, passed through unchanged while a SHA-256 digest reads each
-    batch's inputs and labels (so ``metrics.json`` can say exactly which samples were scored)."""
+    """The batches of a loader, passed through unchanged while a SHA-256 digest reads every
+    sample in order: its inputs as float32 bytes, then its label as int64 bytes (the digest
+    does not depend on the batch size), so ``metrics.json`` says exactly which samples were scored."""
 
     def __init__(self, loader: DataLoader) -> None:
         self.loader, self.digest = loader, hashlib.sha256()
@@ -142,8 +148,9 @@ class _Fingerprinted:
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         for x, y in self.loader:
-            self.digest.update(x.detach().cpu().float().contiguous().numpy().tobytes())
-            self.digest.update(y.detach().cpu().long().numpy().tobytes())
+            rows = x.detach().cpu().float().reshape(len(x), -1).contiguous().numpy().view(np.uint8)
+            labels = y.detach().cpu().long().reshape(-1, 1).numpy().view(np.uint8)
+            self.digest.update(np.concatenate([rows, labels], axis=1).tobytes())
             yield x, y
 
 
