@@ -9,7 +9,14 @@
 """
 from __future__ import annotations
 
-from fairdefense.reports.leaderboard import LEADERBOARD_FILES, leaderboard, leaderboard_markdown, write_leaderboard
+from fairdefense.reports.leaderboard import (
+    LEADERBOARD_FILES,
+    group_runs,
+    groups_markdown,
+    leaderboard,
+    leaderboard_markdown,
+    write_leaderboard,
+)
 from fairdefense.reports.markdown import render_report
 from fairdefense.reports.plots import plot_classwise, plot_confusion, plot_curves, plot_scatter
 from fairdefense.reports.runs import (
@@ -60,5 +67,7 @@ __all__ = [
     "run_metrics",
     "leaderboard",
     "leaderboard_markdown",
+    "group_runs",
+    "groups_markdown",
     "write_leaderboard",
 ]
