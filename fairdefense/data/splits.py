@@ -59,22 +59,23 @@ def parse_fold(fold: str) -> tuple[int, int]:
 def kfold_indices(targets: Tensor, folds: int, seed: int = 0) -> list[Tensor]:
     """Stratified k-fold: ``folds`` sorted index tensors, disjoint, together covering every sample once.
 
-    Each class's samples are shuffled with ``seed`` and dealt in turn to the folds, so
-    every fold holds ``floor`` or ``ceil`` of ``n_c / folds`` samples of class ``c``.
-    The same targets and seed give the same folds.
+    Each class's samples are shuffled with ``seed``; the classes, one after the other, are
+    dealt in turn to the folds (card ``p`` of the deal goes to fold ``p mod folds``), so
+    every fold holds ``floor`` or ``ceil`` of ``n_c / folds`` samples of class ``c`` and
+    fold sizes differ by at most one. The same targets and seed give the same folds.
     """
     if folds < 2:
         raise ConfigError(f"k-fold needs at least 2 folds, got {folds}.")
     targets = torch.as_tensor(targets).long().cpu()
     rng = np.random.default_rng(seed)
-    parts: list[list[np.ndarray]] = [[] for _ in range(folds)]
+    deal = []
     for c in torch.unique(targets).tolist():
         idx = rng.permutation(torch.nonzero(targets == c).flatten().numpy())
         if len(idx) < folds:
             raise ConfigError(f"class {c} has {len(idx)} samples, fewer than the {folds} folds; use fewer folds.")
-        for f in range(folds):
-            parts[f].append(idx[f::folds])
-    return [torch.from_numpy(np.sort(np.concatenate(p))) for p in parts]
+        deal.append(idx)
+    cards = np.concatenate(deal)
+    return [torch.from_numpy(np.sort(cards[f::folds])) for f in range(folds)]
 
 
 def kfold_split(targets: Tensor, fold: str, seed: int = 0) -> tuple[Tensor, Tensor]:
