@@ -1,26 +1,37 @@
-"""Quality suite: every strategy against PGD-AT and TRADES on the embedded digits, several seeds.
+"""Quality suite: every strategy against PGD-AT and TRADES on the embedded digits, k-fold x seeds.
 
-    python benchmarks/quality.py                                    # everything: seeds 0 1 2, 30 epochs, 2 jobs
-    python benchmarks/quality.py --epochs 2 --seeds 0 --only at bat # a smoke run
+    python benchmarks/quality.py --jobs 16                          # everything: 5 folds x seeds 0 1 2, 30 epochs
+    python benchmarks/quality.py --epochs 2 --folds 2 --seeds 0 --only at bat   # a smoke run
     python benchmarks/quality.py --aggregate-only                   # rewrite the docs from finished runs
 
-Each configuration runs through the real command line, ``fairdefense train ... --out
-runs/quality/<name>-s<seed> --no-progress``, then ``fairdefense evaluate`` scores the
-run's evaluation weights (EMA/FAWA averages where a plugin supplies them) on the test
-split under PGD-20 and, unless ``--autoattack off``, AutoAttack. Runs go ``--jobs`` at
-a time, each in its own process with one CPU thread. A run whose ``metrics.jsonl``
-already holds its last epoch is not trained again, one with a checkpoint but fewer
-epochs is resumed (``--resume``), and one with a matching ``metrics.json`` is not
-evaluated again: the suite can be stopped and restarted. Fine-tuning rows start from
-the same seed's baseline checkpoint and wait for it.
+Protocol (``docs/results.md`` states it with the power analysis behind it): the 1,797
+digits are split into ``--folds`` stratified folds (``fairdefense train --fold I/K``);
+each configuration trains once per fold and seed on the other folds and is scored on
+its own fold, so every image is scored once per configuration and seed. Each run goes
+through the real command line, ``fairdefense train ... --fold I/K --out
+runs/quality/<name>-f<I>-s<seed> --no-progress``, then ``fairdefense evaluate`` scores
+the run's evaluation weights (EMA/FAWA averages where a plugin supplies them) under
+PGD-20 and, on the first ``--autoattack-folds`` folds of every seed, AutoAttack.
 
-The results (mean and standard deviation over seeds of average and worst-class clean
-and robust accuracy) go to ``docs/results.md``, ``docs/results.json`` and the
-average-vs-worst scatter ``docs/leaderboard.png``, with the exact command of every row.
+Runs go ``--jobs`` at a time, each in its own process with one CPU thread. A run whose
+``metrics.jsonl`` already holds its last epoch is not trained again, one with a
+checkpoint but fewer epochs is resumed (``--resume``), and one with a matching
+``metrics.json`` is not evaluated again: the suite can be stopped and restarted, or run
+in parts (``--only``, ``--seeds``) and aggregated at the end. Fine-tuning rows start
+from the same fold and seed's baseline checkpoint and wait for it.
 
-Cost on 2 CPU cores (42 runs): a 30-epoch run trains in about 2.5-4 CPU minutes (FRL's 40
-fine-tuning epochs about as long), and AutoAttack adds about 3.5 CPU minutes per run:
-roughly 2-2.5 hours with ``--jobs 2``, about half of that with ``--autoattack off``.
+A configuration is one line in :data:`CONFIGS` (its ``fairdefense train`` arguments).
+
+Results: per configuration, figures pooled over the folds (every image once) with mean
+and standard deviation over seeds; the paired t-test against PGD-AT over the (fold,
+seed) units on average and worst-class robust accuracy; AutoAttack on the first folds
+and where it ranks rows differently from PGD-20. They go to ``docs/results.md``,
+``docs/results.json`` and the scatter ``docs/leaderboard.png``.
+
+Cost: a 30-epoch run trains in about 2.5-4 CPU minutes (FRL's 40 fine-tuning epochs
+about as long) and AutoAttack adds about 3.5 CPU minutes per run; 14 rows x 5 folds x 3
+seeds = 210 runs (42 with AutoAttack): about 15 CPU hours, about 1 hour with
+``--jobs 16`` on 16 cores.
 """
 from __future__ import annotations
 
@@ -39,9 +50,13 @@ from typing import Any, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DOCS, REPO, load_average, machine_info, write_json  # noqa: E402
 
+from fairdefense.stats import bootstrap_summaries, detectable_difference, paired_t_test  # noqa: E402
+
 __all__ = [
     "DEFAULT_EPOCHS",
     "DEFAULT_SEEDS",
+    "DEFAULT_FOLDS",
+    "DESIGN_SD",
     "CONFIGS",
     "Config",
     "Run",
@@ -53,16 +68,23 @@ __all__ = [
     "run_all",
     "collect",
     "aggregate",
+    "power_table",
     "render_results",
     "plot_leaderboard",
     "main",
 ]
 
-#: The digits' training defaults: 30 epochs (the lr divided by 10 at 50% and 75%); three seeds.
+#: The digits' training defaults: 30 epochs (the lr divided by 10 at 50% and 75%).
 DEFAULT_EPOCHS = 30
+#: Seeds and folds from the power analysis (docs/results.md): 5 folds x 3 seeds = 15 paired units.
 DEFAULT_SEEDS = (0, 1, 2)
-#: Attacks per ``--autoattack`` choice (``fairdefense evaluate --attacks``; clean is always measured).
-ATTACK_SETS = {"standard": ("pgd20", "autoattack"), "off": ("pgd20",)}
+DEFAULT_FOLDS = 5
+#: Standard deviation (percentage points) of the per-unit difference to PGD-AT, measured on the
+#: previous suite (14 rows x 3 seeds, PGD-20, one fixed 359-image test split, the size of one of 5
+#: folds; commit 8f0b0be, RMS over the 13 rows): worst class 9.3, average 1.8.
+DESIGN_SD = {"worst": 9.3, "avg": 1.8}
+#: The significance level of the marks in docs/results.md.
+ALPHA = 0.05
 
 
 @dataclass(frozen=True)
@@ -143,9 +165,11 @@ def fine_tune_epochs(config: Config, epochs: int) -> int:
 
 @dataclass
 class Run:
-    """One configuration at one seed: its folder, commands and dependency."""
+    """One configuration at one fold and seed: its folder, commands and dependency."""
 
     config: Config
+    fold: int
+    folds: int
     seed: int
     epochs: int
     root: Path
@@ -155,11 +179,16 @@ class Run:
 
     @property
     def key(self) -> str:
-        return f"{self.config.name}-s{self.seed}"
+        return unit_key(self.config.name, self.fold, self.seed)
 
     @property
     def out(self) -> Path:
         return self.root / self.key
+
+
+def unit_key(name: str, fold: int, seed: int) -> str:
+    """The folder name of a configuration's run on one fold and seed."""
+    return f"{name}-f{fold}-s{seed}"
 
 
 def _shown(path: Path) -> str:
@@ -175,8 +204,9 @@ def train_args(run: Run) -> list[str]:
     args = [a.format(begin=begin, late=late) for a in c.args]
     epochs = run.epochs if c.init_from is None else fine_tune_epochs(c, run.epochs)
     if c.init_from is not None:
-        args += ["--init", _shown(run.root / f"{c.init_from}-s{run.seed}" / "last.pt")]
-    return ["train", *args, "--epochs", str(epochs), "--seed", str(run.seed), "--out", _shown(run.out), "--no-progress"]
+        args += ["--init", _shown(run.root / unit_key(c.init_from, run.fold, run.seed) / "last.pt")]
+    return ["train", *args, "--fold", f"{run.fold}/{run.folds}", "--epochs", str(epochs), "--seed", str(run.seed),
+            "--out", _shown(run.out), "--no-progress"]
 
 
 def evaluate_args(run: Run) -> list[str]:
@@ -197,21 +227,27 @@ def is_trained(run: Run) -> bool:
 
 
 def is_evaluated(run: Run) -> bool:
-    """Whether ``metrics.json`` scores the last epoch under every attack of the suite."""
+    """Whether ``metrics.json`` scores the last epoch of the run's fold under every attack of the run."""
     from fairdefense.reports import load_metrics
 
     path = run.out / "metrics.json"
     if not path.is_file():
         return False
     metrics = load_metrics(path)
-    return metrics["evaluated"]["epoch"] == target_epochs(run) and set(run.attacks) <= set(metrics["attacks"])
+    return (metrics["evaluated"]["epoch"] == target_epochs(run) and set(run.attacks) <= set(metrics["attacks"])
+            and metrics["data"].get("fold") == f"{run.fold}/{run.folds}")
 
 
-def plan(names: Sequence[str], seeds: Sequence[int], epochs: int, root: Path, attacks: Sequence[str]) -> list[Run]:
-    """The runs for ``names`` x ``seeds``, baselines that fine-tuning rows need added, those first."""
+def plan(
+    names: Sequence[str], seeds: Sequence[int], folds: int, epochs: int, root: Path, *, autoattack_folds: int = 1,
+) -> list[Run]:
+    """The runs for ``names`` x folds x ``seeds``, baselines that fine-tuning rows need added and
+    ordered first; PGD-20 everywhere, AutoAttack too on folds ``0 .. autoattack_folds - 1``."""
     unknown = [n for n in names if n not in _BY_NAME]
     if unknown:
         raise SystemExit(f"quality.py: unknown configuration(s) {unknown}; choose from {', '.join(_BY_NAME)}.")
+    if folds < 2:
+        raise SystemExit(f"quality.py: --folds must be >= 2, got {folds}.")
     wanted = list(dict.fromkeys(names))
     for name in list(wanted):
         dep = _BY_NAME[name].init_from
@@ -220,10 +256,12 @@ def plan(names: Sequence[str], seeds: Sequence[int], epochs: int, root: Path, at
     ordered = [c.name for c in CONFIGS if c.name in wanted]
     runs = []
     for seed in seeds:
-        for name in ordered:
-            c = _BY_NAME[name]
-            needs = f"{c.init_from}-s{seed}" if c.init_from else None
-            runs.append(Run(c, seed, epochs, root, tuple(attacks), needs=needs))
+        for fold in range(folds):
+            attacks = ("pgd20", "autoattack") if fold < autoattack_folds else ("pgd20",)
+            for name in ordered:
+                c = _BY_NAME[name]
+                needs = unit_key(c.init_from, fold, seed) if c.init_from else None
+                runs.append(Run(c, fold, folds, seed, epochs, root, attacks, needs=needs))
     # baselines that others fine-tune from go first, so that the fine-tuning rows can start early
     needed = {r.needs for r in runs if r.needs}
     return sorted(runs, key=lambda r: (r.key not in needed, runs.index(r)))
@@ -304,71 +342,166 @@ def _ok(future: Future) -> bool:
 
 
 # --------------------------------------------------------------------- aggregation
-def _values(metrics: dict[str, Any], attacks: Sequence[str]) -> dict[str, float]:
-    out = {"clean_avg": metrics["clean"]["summary"]["acc"]["avg"],
-           "clean_worst": metrics["clean"]["summary"]["acc"]["worst"]}
-    for attack in attacks:
-        if attack in metrics["attacks"]:
-            s = metrics["attacks"][attack]["summary"]["robust_acc"]
-            out[f"{attack}_avg"], out[f"{attack}_worst"] = s["avg"], s["worst"]
+def _values(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A run's summaries (fractions) and per-class correct counts."""
+    out: dict[str, Any] = {"clean_avg": metrics["clean"]["summary"]["acc"]["avg"],
+                           "clean_worst": metrics["clean"]["summary"]["acc"]["worst"],
+                           "counts": metrics["data"]["counts"], "correct": {"clean": metrics["clean"]["correct"]}}
+    for attack, entry in metrics["attacks"].items():
+        s = entry["summary"]["robust_acc"]
+        out[f"{attack}_avg"], out[f"{attack}_worst"] = s["avg"], s["worst"]
+        out["correct"][attack] = entry["correct"]
     return out
 
 
 def collect(runs: Sequence[Run]) -> dict[str, dict[str, Any]]:
-    """Per-seed values of every evaluated run, grouped by configuration (in suite order)."""
+    """Every evaluated run's values by configuration (in suite order): ``units`` maps
+    ``(fold, seed)`` to the run's values; ``folds`` is the fold count."""
     from fairdefense.reports import load_metrics, read_history
 
     grouped: dict[str, dict[str, Any]] = {}
     for run in runs:
         if not (is_trained(run) and is_evaluated(run)):
             continue
-        metrics = load_metrics(run.out / "metrics.json")
-        entry = grouped.setdefault(run.config.name, {"seeds": [], "per_seed": [], "train_minutes": []})
-        entry["seeds"].append(run.seed)
-        entry["per_seed"].append(_values(metrics, run.attacks))
+        entry = grouped.setdefault(run.config.name, {"units": {}, "folds": run.folds, "train_minutes": []})
+        entry["units"][(run.fold, run.seed)] = _values(load_metrics(run.out / "metrics.json"))
         entry["train_minutes"].append(sum(e["time"] for e in read_history(run.out)) / 60)
     order = [c.name for c in CONFIGS]
     return {name: grouped[name] for name in order if name in grouped}
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
-    """Mean and sample standard deviation (ddof 1; ``None`` for a single value)."""
+def _pooled(units: dict[tuple[int, int], dict[str, Any]], seed: int, folds: int, attack: str) -> dict[str, Any]:
+    """One seed's figures over all folds (every image once): summaries of the summed per-class
+    counts, with bootstrap intervals; ``None`` values when a fold is missing."""
+    parts = [units.get((f, seed)) for f in range(folds)]
+    if any(p is None or attack not in p["correct"] for p in parts):
+        return {"avg": None, "worst": None, "ci": None}
+    counts = [sum(col) for col in zip(*(p["counts"] for p in parts))]
+    correct = [sum(col) for col in zip(*(p["correct"][attack] for p in parts))]
+    acc = [k / n for k, n in zip(correct, counts) if n]
+    return {"avg": statistics.fmean(acc), "worst": min(acc), "ci": bootstrap_summaries(correct, counts)}
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (ddof 1; ``None`` for a single value or none)."""
+    if not values:
+        return None, None
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
-def aggregate(collected: dict[str, dict[str, Any]], headline: str) -> dict[str, dict[str, Any]]:
-    """Mean and std over seeds of every value; the headline robust accuracy's change vs ``at``
-    (difference of the means) and whether it meets the target (worst class +10 points
-    with at most 1 point of average lost)."""
-    rows = {}
+def _holm(pvalues: dict[str, float], alpha: float) -> set[str]:
+    """The names whose p-value stays significant after Holm's step-down correction."""
+    kept = set()
+    for i, (name, p) in enumerate(sorted(pvalues.items(), key=lambda kv: kv[1])):
+        if p >= alpha / (len(pvalues) - i):
+            break
+        kept.add(name)
+    return kept
+
+
+def aggregate(collected: dict[str, dict[str, Any]], alpha: float = ALPHA) -> dict[str, dict[str, Any]]:
+    """Per configuration: figures pooled over folds per seed (mean and std over seeds, the
+    bootstrap interval of each seed), AutoAttack and PGD-20 on the units AutoAttack ran, and
+    against ``at`` the paired t-test over shared (fold, seed) units of average and worst-class
+    PGD-20 robust accuracy (percentage points), ``significant`` at ``alpha`` and ``holm`` after
+    Holm's correction over the rows; ``meets_target``: worst class +10 points with at most 1
+    point of average lost (mean differences)."""
+    rows: dict[str, dict[str, Any]] = {}
     for name, entry in collected.items():
-        keys = entry["per_seed"][0].keys()
-        stats = {k: _mean_std([v[k] for v in entry["per_seed"]]) for k in keys}
-        rows[name] = {"n_seeds": len(entry["seeds"]), "seeds": entry["seeds"],
-                      "mean": {k: m for k, (m, _) in stats.items()}, "std": {k: s for k, (_, s) in stats.items()},
-                      "train_minutes": statistics.fmean(entry["train_minutes"])}
-    base = rows.get("at")
+        units, folds = entry["units"], entry["folds"]
+        seeds = sorted({s for _, s in units})
+        row: dict[str, Any] = {"units": len(units), "seeds": seeds, "folds": folds,
+                               "train_minutes": statistics.fmean(entry["train_minutes"]), "mean": {}, "std": {},
+                               "pooled": {}}
+        for attack in ("clean", "pgd20"):
+            per_seed = {s: _pooled(units, s, folds, attack) for s in seeds}
+            row["pooled"][attack] = {str(s): v for s, v in per_seed.items()}
+            for stat in ("avg", "worst"):
+                done = [v[stat] for v in per_seed.values() if v[stat] is not None]
+                row["mean"][f"{attack}_{stat}"], row["std"][f"{attack}_{stat}"] = _mean_std(done)
+        aa_units = [u for u, v in units.items() if "autoattack" in v["correct"]]
+        row["aa_units"] = len(aa_units)
+        for attack in ("autoattack", "pgd20"):
+            for stat in ("avg", "worst"):
+                row["mean"][f"aa_units_{attack}_{stat}"] = _mean_std([units[u][f"{attack}_{stat}"]
+                                                                     for u in aa_units])[0]
+        rows[name] = row
+    base = collected.get("at")
     for name, row in rows.items():
-        if base is None or f"{headline}_avg" not in row["mean"] or f"{headline}_avg" not in base["mean"]:
-            row["vs_at"] = None
+        row["vs_at"] = {}
+        if base is None or name == "at":
             continue
-        d_avg = row["mean"][f"{headline}_avg"] - base["mean"][f"{headline}_avg"]
-        d_worst = row["mean"][f"{headline}_worst"] - base["mean"][f"{headline}_worst"]
-        row["vs_at"] = {"attack": headline, "avg": d_avg, "worst": d_worst,
-                        "meets_target": name != "at" and d_worst >= 0.10 and d_avg >= -0.01}
+        shared = sorted(set(collected[name]["units"]) & set(base["units"]))
+        for stat in ("avg", "worst"):
+            a = [100 * base["units"][u][f"pgd20_{stat}"] for u in shared]
+            b = [100 * collected[name]["units"][u][f"pgd20_{stat}"] for u in shared]
+            if shared:
+                test = paired_t_test(a, b)
+                row["vs_at"][stat] = {**test.to_dict(), "significant": test.significant(alpha)}
+        m, bm = row["mean"], rows["at"]["mean"]
+        if m["pgd20_avg"] is not None and bm["pgd20_avg"] is not None:
+            row["meets_target"] = m["pgd20_worst"] - bm["pgd20_worst"] >= 0.10 and m["pgd20_avg"] - bm["pgd20_avg"] >= -0.01
+    for stat in ("avg", "worst"):
+        pvalues = {n: r["vs_at"][stat]["p_value"] for n, r in rows.items()
+                   if stat in r["vs_at"] and r["vs_at"][stat]["p_value"] is not None}
+        held = _holm(pvalues, alpha)
+        for n, r in rows.items():
+            if stat in r["vs_at"]:
+                r["vs_at"][stat]["holm"] = n in held
     return rows
 
 
-def _cell(row: dict[str, Any], key: str) -> str:
+def power_table(sd: dict[str, float], units: Sequence[int], alpha: float = ALPHA) -> list[list[str]]:
+    """Rows ``[units, detectable worst, detectable avg]``: the smallest true difference (points)
+    a paired t-test at ``alpha`` detects with 80% power over that many units."""
+    return [[str(n), f"{detectable_difference(sd['worst'], n, alpha=alpha):.1f}",
+             f"{detectable_difference(sd['avg'], n, alpha=alpha):.1f}"] for n in units]
+
+
+def _realised_sd(rows: dict[str, dict[str, Any]]) -> dict[str, float] | None:
+    """RMS over rows of the standard deviation of the per-unit differences to PGD-AT."""
+    sds = {stat: [r["vs_at"][stat]["std_diff"] for r in rows.values()
+                  if stat in r["vs_at"] and r["vs_at"][stat]["std_diff"] is not None] for stat in ("avg", "worst")}
+    if not sds["worst"]:
+        return None
+    return {stat: math.sqrt(statistics.fmean(v * v for v in values)) for stat, values in sds.items()}
+
+
+def _cell(row: dict[str, Any], key: str, attack: str | None = None) -> str:
     m, s = row["mean"].get(key), row["std"].get(key)
     if m is None:
         return "n/a"
-    return f"{100 * m:.1f}" + (f" ± {100 * s:.1f}" if s is not None else "")
+    text = f"{100 * m:.1f}"
+    if s is not None:
+        return text + f" ± {100 * s:.1f}"
+    if attack is not None and len(row["seeds"]) == 1:
+        ci = row["pooled"][attack][str(row["seeds"][0])]["ci"]
+        if ci:
+            stat = key.rsplit("_", 1)[1]
+            return text + f" [{100 * ci[stat][0]:.1f}, {100 * ci[stat][1]:.1f}]"
+    return text
+
+
+def _test_cell(test: dict[str, Any] | None) -> str:
+    if not test:
+        return "-"
+    if test["p_value"] is None:
+        return f"{test['mean_diff']:+.1f} (n={test['n']})"
+    mark = " *†" if test.get("holm") else (" *" if test["significant"] else "")
+    return f"{test['mean_diff']:+.1f} [{test['ci'][0]:+.1f}, {test['ci'][1]:+.1f}] p={test['p_value']:.3f}{mark}"
+
+
+def _ranks(rows: dict[str, dict[str, Any]], attack: str) -> dict[str, int]:
+    """Rank (1 = best) by worst-class robust accuracy on the AutoAttack units."""
+    scored = [(n, r["mean"][f"aa_units_{attack}_worst"]) for n, r in rows.items()
+              if r["mean"].get("aa_units_autoattack_worst") is not None]
+    return {n: i for i, (n, _) in enumerate(sorted(scored, key=lambda t: -t[1]), 1)}
 
 
 def plot_leaderboard(rows: dict[str, dict[str, Any]], headline: str, path: Path, title: str) -> Path:
-    """Average (x) vs worst-class (y) robust accuracy, one point per configuration (mean over
-    seeds), error bars one standard deviation."""
+    """Average (x) vs worst-class (y) PGD-20 robust accuracy pooled over folds, one point per
+    configuration (mean over seeds); error bars one standard deviation over seeds, or the
+    95% bootstrap interval with a single seed."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7.5, 6.0))
@@ -377,9 +510,15 @@ def plot_leaderboard(rows: dict[str, dict[str, Any]], headline: str, path: Path,
         x, y = row["mean"].get(f"{headline}_avg"), row["mean"].get(f"{headline}_worst")
         if x is None:
             continue
-        xerr, yerr = row["std"].get(f"{headline}_avg"), row["std"].get(f"{headline}_worst")
-        ax.errorbar([100 * x], [100 * y], xerr=None if xerr is None else [100 * xerr],
-                    yerr=None if yerr is None else [100 * yerr], fmt="o", color=f"C{i % 10}", capsize=3, zorder=3)
+        err = {}
+        for axis, stat, centre in (("xerr", "avg", x), ("yerr", "worst", y)):
+            s = row["std"].get(f"{headline}_{stat}")
+            ci = row["pooled"][headline][str(row["seeds"][0])]["ci"] if len(row["seeds"]) == 1 else None
+            if s is not None:
+                err[axis] = [100 * s]
+            elif ci:
+                err[axis] = [[100 * (centre - ci[stat][0])], [100 * (ci[stat][1] - centre)]]
+        ax.errorbar([100 * x], [100 * y], fmt="o", color=f"C{i % 10}", capsize=3, zorder=3, **err)
         ax.annotate(name, (100 * x, 100 * y), textcoords="offset points", xytext=(6, 5), fontsize="small")
     ax.set_xlabel(f"average robust accuracy over classes (%, {headline})")
     ax.set_ylabel(f"worst-class robust accuracy (%, {headline})")
@@ -392,78 +531,126 @@ def plot_leaderboard(rows: dict[str, dict[str, Any]], headline: str, path: Path,
 
 
 def render_results(rows: dict[str, dict[str, Any]], runs: Sequence[Run], info: dict[str, Any]) -> str:
-    """``docs/results.md``: protocol, the table, the target, the scatter, the commands."""
+    """``docs/results.md``: protocol, power analysis, the table with significance marks,
+    AutoAttack against PGD-20, the closing note and the commands."""
     from fairdefense.reports.markdown import markdown_table
 
-    headline, attacks = info["headline"], info["attacks"]
-    full = info["full"]
+    folds, seeds, alpha = info["folds"], info["seeds"], info["alpha"]
+    n_units = folds * len(seeds)
     lines = ["# Results: robust fairness on the embedded digits", "",
              "Generated by `benchmarks/quality.py`; do not edit by hand (rerun it, or "
              "`python benchmarks/quality.py --aggregate-only` to rebuild this page from finished runs).", ""]
-    if not full:
+    if not info["full"]:
         lines += ["> **Not the full suite.** These figures come from a reduced run "
-                  f"({info['scope']}); what it left out is not measured here. "
-                  f"The full run: `{info['full_command']}`.", ""]
+                  f"({info['scope']}); they are not results. The full run: `{info['full_command']}`.", ""]
     lines += [
         "## Protocol", "",
-        "- Data: scikit-learn's handwritten digits (1,797 8x8 images, 10 classes), the fixed stratified test split "
-        "(359 images, 35-37 per class); the rest trains (a plugin that validates holds out 10% of each class).",
+        f"- Data: scikit-learn's handwritten digits (1,797 8x8 images, 10 classes, 174-183 per class) in {folds} "
+        "stratified folds (`fairdefense train --fold I/K`, fold seed 0: every fold holds the floor or ceiling of a "
+        f"fifth of each class). Each configuration trains once per fold and seed on the other {folds - 1} folds "
+        "(a plugin that validates holds out 10% of each class of them) and is scored on its own fold, so every "
+        "image is scored once per configuration and seed: about 180 test images per class instead of 36.",
         "- Model and training: `fairdefense train` defaults on the digits: SmallCNN, SGD lr 0.1, momentum 0.9, "
         f"weight decay 5e-4, batch 32, {info['epochs']} epochs with the lr divided by 10 at 50% and 75%, L-inf "
-        "eps 0.2 (pixel units in [0, 1]), PGD-10 with step eps/4 during training. Fine-tuning rows say what they "
-        "change.",
-        f"- Seeds: {', '.join(str(s) for s in info['seeds'])} (the seed sets the initial weights, the data order and "
-        "the validation split; the test split is fixed). A fine-tuning row starts from the same seed's baseline.",
-        "- Evaluation: `fairdefense evaluate RUN --attacks " + ",".join(("clean",) + tuple(attacks))
-        + "` on the run's last checkpoint, with the weights a plugin supplies for evaluation (EMA, CFA's FAWA) "
-        "where there are any. PGD-20: CE loss, step eps/4, uniform random start, evaluation seed 0."
-        + (" AutoAttack: the standard version (APGD-CE, APGD-T and FAB-T with 9 target classes, Square with 5,000 "
-           "queries; `fairdefense.autoattack`), seed 0." if "autoattack" in attacks
-           else " AutoAttack was not run (`--autoattack off`)."),
-        "- Per-class accuracy, summarised over classes: average (unweighted mean over the 10 classes) and worst "
-        "class. Each cell: mean ± sample standard deviation (ddof 1) over seeds, in %.",
-        f"- Target: raise worst-class robust accuracy ({headline}) by at least 10 points over PGD-AT while losing at "
-        "most 1 point of average robust accuracy (differences of the means over seeds).",
+        "eps 0.2 (pixel units in [0, 1]), PGD-10 with step eps/4 during training. Fine-tuning rows start from the "
+        "same fold and seed's baseline and say what they change.",
+        f"- Seeds: {', '.join(str(s) for s in seeds)} (initial weights, data order, validation split).",
+        "- Evaluation: `fairdefense evaluate RUN --attacks clean,pgd20[,autoattack]` on the run's last checkpoint, "
+        "with the weights a plugin supplies for evaluation (EMA, CFA's FAWA) where there are any. PGD-20: CE loss, "
+        "step eps/4, uniform random start, evaluation seed 0, every fold. AutoAttack (the standard version: "
+        "APGD-CE, APGD-T and FAB-T with 9 target classes, Square with 5,000 queries) on the first "
+        f"{info['autoattack_folds']} fold(s) of every seed.",
+        "- Figures: per class, then average over the 10 classes and worst class. *Pooled*: the per-class counts "
+        "of the folds are summed (each image once) before taking average and worst, per seed; a cell is the mean "
+        "± standard deviation (ddof 1) over seeds, or with one seed the value and its 95% stratified bootstrap "
+        "interval over the images (2,000 resamples, seed 0), in %.",
+        f"- Significance: Δ is the mean over the (fold, seed) units both rows ran of the per-unit difference to "
+        "PGD-AT (`at`) of the fold's average or worst-class PGD-20 robust accuracy, with its 95% interval and the "
+        f"two-sided paired t-test's p-value (n - 1 degrees of freedom). `*`: p < {alpha:g}; `*†`: still significant "
+        "after Holm's correction over the rows. The folds' training sets overlap, so the units are not fully "
+        "independent and the test is somewhat liberal (Dietterich 1998; Nadeau & Bengio 2003).",
+        f"- Target: raise worst-class robust accuracy (PGD-20, pooled) by at least 10 points over PGD-AT while "
+        "losing at most 1 point of average robust accuracy (differences of the means).",
         f"- Each run: one process, one CPU thread, {info['jobs']} at a time. Machine: {info['machine']['cpu']}, "
         f"{info['machine']['usable_cores']} cores, torch {info['machine']['torch']}; load average before/after: "
         + (f"{info['load_before']} / {info['load_after']}." if info["load_before"] is not None
            else "not recorded (page rebuilt with `--aggregate-only`)."),
         "",
-        "## Results", "",
+        "## Power analysis: why 5 folds and 3 seeds", "",
+        "The previous suite (14 rows x 3 seeds, one fixed 359-image test split, commit 8f0b0be) measured how much "
+        "the per-seed difference to PGD-AT varies: standard deviation "
+        f"{DESIGN_SD['worst']} points for worst-class and {DESIGN_SD['avg']} for average PGD-20 robust accuracy "
+        "(RMS over its 13 rows). One fold of 5 has the size of that test split (359-360 images), so a (fold, seed) "
+        "unit carries about that noise. The smallest true difference a paired t-test at 0.05 detects with 80% "
+        "power (noncentral t, `fairdefense.stats.detectable_difference`):", "",
+        markdown_table(["units (folds x seeds)", "worst class (points)", "average (points)"],
+                       power_table(DESIGN_SD, (3, 5, 10, 15, 20, 30))), "",
+        "Three seeds on the fixed split (n = 3) could detect only about 30 points of worst-class difference; 5 "
+        "folds x 3 seeds (n = 15) detect about 7 points, below the 10-point target, at 15 runs per row (5 folds x 1 "
+        "seed: about 16 points; 5 x 5: about 5.4 points for 25 runs). Worst-class comparisons need many more units "
+        "than average ones because the minimum over 10 classes of ~36-image estimates is 5 times noisier than "
+        "their mean.",
     ]
-    header = ["configuration", "seeds", "clean avg", "clean worst", "PGD-20 avg", "PGD-20 worst"]
-    if "autoattack" in attacks:
-        header += ["AA avg", "AA worst"]
-    header += [f"Δ avg vs AT ({headline})", f"Δ worst vs AT ({headline})", "target", "train min / run"]
+    realised = _realised_sd(rows)
+    if realised is not None:
+        lines += ["", f"Realised in this run: standard deviation of the per-unit differences to PGD-AT "
+                      f"{realised['worst']:.1f} points (worst class) and {realised['avg']:.1f} (average); with "
+                      f"{n_units} units the detectable differences are "
+                      f"{detectable_difference(realised['worst'], max(2, n_units)):.1f} and "
+                      f"{detectable_difference(realised['avg'], max(2, n_units)):.1f} points."]
+    lines += ["", "## Results", ""]
+    header = ["configuration", "units", "clean avg", "clean worst", "PGD-20 avg", "PGD-20 worst",
+              "Δ avg vs AT", "Δ worst vs AT", "AA avg", "AA worst", "worst rank PGD-20 / AA", "target",
+              "train min / run"]
+    pgd_rank, aa_rank = _ranks(rows, "pgd20"), _ranks(rows, "autoattack")
     table = []
     for name, row in rows.items():
-        cells = [f"`{name}`", row["n_seeds"], _cell(row, "clean_avg"), _cell(row, "clean_worst"),
-                 _cell(row, "pgd20_avg"), _cell(row, "pgd20_worst")]
-        if "autoattack" in attacks:
-            cells += [_cell(row, "autoattack_avg"), _cell(row, "autoattack_worst")]
-        vs = row["vs_at"]
-        cells += ["-" if vs is None or name == "at" else f"{100 * vs['avg']:+.1f}",
-                  "-" if vs is None or name == "at" else f"{100 * vs['worst']:+.1f}",
-                  "-" if vs is None or name == "at" else ("**met**" if vs["meets_target"] else "not met"),
-                  f"{row['train_minutes']:.1f}"]
-        table.append(cells)
+        aa_avg, aa_worst = row["mean"].get("aa_units_autoattack_avg"), row["mean"].get("aa_units_autoattack_worst")
+        table.append([
+            f"`{name}`", row["units"], _cell(row, "clean_avg", "clean"), _cell(row, "clean_worst", "clean"),
+            _cell(row, "pgd20_avg", "pgd20"), _cell(row, "pgd20_worst", "pgd20"),
+            _test_cell(row["vs_at"].get("avg")), _test_cell(row["vs_at"].get("worst")),
+            "n/a" if aa_avg is None else f"{100 * aa_avg:.1f}", "n/a" if aa_worst is None else f"{100 * aa_worst:.1f}",
+            f"{pgd_rank[name]} / {aa_rank[name]}" if name in aa_rank else "-",
+            "-" if "meets_target" not in row else ("**met**" if row["meets_target"] else "not met"),
+            f"{row['train_minutes']:.1f}",
+        ])
     lines.append(markdown_table(header, table) if table else "_No finished run yet._")
-    meeting = [n for n, r in rows.items() if r["vs_at"] and r["vs_at"]["meets_target"]]
-    lines += ["", "Meets the target: " + (", ".join(f"`{n}`" for n in meeting) if meeting else "none") + ".",
-              "", f"![average vs worst-class robust accuracy]({info['figure']})", "",
-              "## Configurations and commands", "",
-              "Each row's runs, exactly as `quality.py` ran them (`fairdefense` is `python -m fairdefense.cli`; "
-              "OMP_NUM_THREADS=1):", ""]
-    by_config: dict[str, list[Run]] = {}
-    for run in runs:
-        by_config.setdefault(run.config.name, []).append(run)
+    lines += ["", "AA: AutoAttack, mean over the units it ran (the first fold(s) of each seed); the ranks order the "
+                  "rows by worst-class accuracy on those same units under PGD-20 and under AutoAttack."]
+    moved = [n for n in aa_rank if aa_rank[n] != pgd_rank[n]]
+    if aa_rank:
+        lines += ["", "PGD-20 and AutoAttack " + ("rank every row the same." if not moved else
+                  "disagree on the worst-class ranking of " + ", ".join(
+                      f"`{n}` ({pgd_rank[n]} -> {aa_rank[n]})" for n in moved) + ".")]
+    better = [n for n, r in rows.items() if r["vs_at"].get("worst", {}).get("significant")
+              and r["vs_at"]["worst"]["mean_diff"] > 0]
+    worse = [n for n, r in rows.items() if r["vs_at"].get("worst", {}).get("significant")
+             and r["vs_at"]["worst"]["mean_diff"] < 0]
+    unclear = [n for n, r in rows.items() if n != "at" and n not in better and n not in worse]
+    meeting = [n for n, r in rows.items() if r.get("meets_target")]
+    fmt = lambda names: ", ".join(f"`{n}`" for n in names) if names else "none"  # noqa: E731
+    lines += [
+        "", "## Which strategies beat PGD-AT on the worst class", "",
+        f"- Significantly higher worst-class PGD-20 robust accuracy than PGD-AT (p < {alpha:g}, paired t-test over "
+        f"the units): {fmt(better)}.",
+        f"- Significantly lower: {fmt(worse)}.",
+        f"- No significant difference (or no test): {fmt(unclear)}.",
+        f"- Meets the target (+10 worst, at most -1 average): {fmt(meeting)}.",
+        "", f"![average vs worst-class robust accuracy]({info['figure']})", "",
+        "## Configurations and commands", "",
+        "Each row's command for fold 0 and seed 0, exactly as `quality.py` runs it (`fairdefense` is "
+        "`python -m fairdefense.cli`; OMP_NUM_THREADS=1); the other units change `--fold I/K`, `--seed` and the "
+        "folder (`<name>-f<I>-s<seed>`).", "",
+    ]
+    first: dict[str, Run] = {}
+    for run in sorted(runs, key=lambda r: (r.fold, r.seed)):
+        first.setdefault(run.config.name, run)
     for c in CONFIGS:
-        if c.name not in by_config:
-            continue
-        lines += [f"### `{c.name}`", "", c.what, "", "```"]
-        for run in sorted(by_config[c.name], key=lambda r: r.seed):
-            lines += [shell_line(train_args(run)), shell_line(evaluate_args(run))]
-        lines += ["```", ""]
+        if c.name in first:
+            run = first[c.name]
+            lines += [f"### `{c.name}`", "", c.what, "", "```", shell_line(train_args(run)),
+                      shell_line(evaluate_args(run)), "```", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -471,11 +658,13 @@ def render_results(rows: dict[str, dict[str, Any]], runs: Sequence[Run], info: d
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
+    p.add_argument("--folds", type=int, default=DEFAULT_FOLDS, help="k of the k-fold protocol (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="epochs of the from-scratch rows")
-    p.add_argument("--jobs", type=int, default=2, help="runs at a time (one CPU thread each)")
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time, each one process with one CPU thread")
     p.add_argument("--only", nargs="+", metavar="NAME", help=f"configurations to run: {', '.join(_BY_NAME)}")
-    p.add_argument("--autoattack", choices=sorted(ATTACK_SETS), default="standard",
-                   help="also evaluate with AutoAttack (default; a few CPU minutes per run) or not")
+    p.add_argument("--autoattack-folds", type=int, default=1,
+                   help="AutoAttack on folds 0 .. N-1 of every seed (default 1; 0: PGD-20 only)")
+    p.add_argument("--alpha", type=float, default=ALPHA, help="significance level of the marks (default 0.05)")
     p.add_argument("--runs", type=Path, default=REPO / "runs" / "quality",
                    help="where the run folders go (default: runs/quality in the repository)")
     p.add_argument("--aggregate-only", action="store_true", help="train and evaluate nothing; rebuild the docs")
@@ -488,9 +677,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    attacks = ATTACK_SETS[args.autoattack]
     names = args.only or [c.name for c in CONFIGS]
-    runs = plan(names, args.seeds, args.epochs, args.runs.resolve(), attacks)
+    runs = plan(names, args.seeds, args.folds, args.epochs, args.runs.resolve(), autoattack_folds=args.autoattack_folds)
     if args.dry_run:
         for run in runs:
             print(shell_line(train_args(run)) + "\n" + shell_line(evaluate_args(run)))
@@ -499,21 +687,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed: dict[str, str] = {}
     if not args.aggregate_only:
         failed = run_all(runs, args.jobs, args.runs / "logs")
-    headline = "autoattack" if "autoattack" in attacks else "pgd20"
     collected = collect(runs)
-    rows = aggregate(collected, headline)
-    full = (args.epochs == DEFAULT_EPOCHS and sorted(args.seeds) == list(DEFAULT_SEEDS)
-            and set(names) >= set(_BY_NAME) and args.autoattack == "standard" and not failed)
-    scope = (f"{args.epochs} epochs, seeds {' '.join(map(str, args.seeds))}, "
-             f"configurations {' '.join(dict.fromkeys(r.config.name for r in runs))}, AutoAttack {args.autoattack}")
-    title = f"Digits, {headline}: mean over seeds {', '.join(map(str, args.seeds))} (bars: 1 std)"
-    info = {"headline": headline, "attacks": attacks, "epochs": args.epochs, "seeds": args.seeds, "jobs": args.jobs,
-            "full": full, "scope": scope, "full_command": "python benchmarks/quality.py",
+    rows = aggregate(collected, args.alpha)
+    full = (args.epochs == DEFAULT_EPOCHS and sorted(args.seeds) == list(DEFAULT_SEEDS) and args.folds == DEFAULT_FOLDS
+            and set(names) >= set(_BY_NAME) and args.autoattack_folds >= 1 and not failed)
+    scope = (f"{args.epochs} epochs, {args.folds} folds, seeds {' '.join(map(str, args.seeds))}, "
+             f"configurations {' '.join(dict.fromkeys(r.config.name for r in runs))}, "
+             f"AutoAttack on {args.autoattack_folds} fold(s)")
+    title = (f"Digits, PGD-20 pooled over {args.folds} folds: mean over seeds {', '.join(map(str, args.seeds))} "
+             "(bars: 1 std, or 95% bootstrap interval with one seed)")
+    info = {"attacks": ("pgd20", "autoattack"), "epochs": args.epochs, "seeds": args.seeds, "folds": args.folds,
+            "autoattack_folds": args.autoattack_folds, "alpha": args.alpha, "jobs": args.jobs, "full": full,
+            "scope": scope, "full_command": "python benchmarks/quality.py --jobs 16",
             "machine": machine_info("cpu"), "load_before": load_before,
             "load_after": None if args.aggregate_only else load_average(),
             "figure": os.path.relpath(args.figure, args.md.parent)}
     if rows:
-        plot_leaderboard(rows, headline, args.figure, title + ("" if full else " - reduced run"))
+        plot_leaderboard(rows, "pgd20", args.figure, title + ("" if full else " - reduced run"))
     text = render_results(rows, runs, info)
     args.md.parent.mkdir(parents=True, exist_ok=True)
     args.md.write_text(text)
@@ -521,7 +711,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "settings": {k: v for k, v in info.items() if k != "figure"}, "failed": failed,
         "runs": {run.key: {"train": shell_line(train_args(run)), "evaluate": shell_line(evaluate_args(run)),
                            "folder": _shown(run.out)} for run in runs},
-        "results": {name: {**row, "per_seed": collected[name]["per_seed"]} for name, row in rows.items()},
+        "results": {name: {**row, "per_unit": {f"f{f}-s{s}": {k: v for k, v in vals.items() if k != "correct"}
+                                               for (f, s), vals in collected[name]["units"].items()}}
+                    for name, row in rows.items()},
     })
     print(text)
     print(f"wrote {args.md}, {args.json}" + (f", {args.figure}" if rows else ""))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from scipy import stats as scipy_stats
 
 import fairdefense
 from fairdefense.metrics import ClassReport
@@ -184,70 +185,97 @@ def test_milestones_and_fine_tune_epochs():
 
 
 def test_plan_adds_baselines_and_orders_them_first(tmp_path):
-    runs = quality.plan(["frl", "faal-at"], [0, 1], 30, tmp_path, ("pgd20",))
+    runs = quality.plan(["frl", "faal-at"], [0, 1], 2, 30, tmp_path)
     keys = [r.key for r in runs]
-    assert keys[:2] == ["trades-s0", "trades-s1"] and set(keys) == {
-        "trades-s0", "trades-s1", "faal-at-s0", "faal-at-s1", "frl-s0", "frl-s1"}
-    frl = next(r for r in runs if r.key == "frl-s1")
+    assert set(keys[:4]) == {"trades-f0-s0", "trades-f1-s0", "trades-f0-s1", "trades-f1-s1"}
+    assert len(keys) == 12 and {"faal-at-f1-s1", "frl-f0-s1"} <= set(keys)
+    frl = next(r for r in runs if r.key == "frl-f1-s1")
     args = quality.train_args(frl)
-    assert frl.needs == "trades-s1"
-    assert args[args.index("--init") + 1] == str((tmp_path / "trades-s1" / "last.pt").resolve())
+    assert frl.needs == "trades-f1-s1"
+    assert args[args.index("--init") + 1] == str((tmp_path / "trades-f1-s1" / "last.pt").resolve())
+    assert args[args.index("--fold") + 1] == "1/2" and args[args.index("--seed") + 1] == "1"
     assert args[args.index("--epochs") + 1] == "40"
-    assert args[-3:] == ["--out", str((tmp_path / "frl-s1").resolve()), "--no-progress"]
-    faal = quality.train_args(next(r for r in runs if r.key == "faal-at-s0"))
+    assert args[-3:] == ["--out", str((tmp_path / "frl-f1-s1").resolve()), "--no-progress"]
+    faal = quality.train_args(next(r for r in runs if r.key == "faal-at-f0-s0"))
     assert "faal.begin=15" in faal and "faal.late_epoch=22" in faal and "ema.begin=15" in faal
+    # AutoAttack on the first fold of every seed only
+    assert {r.key for r in runs if "autoattack" in r.attacks} == {
+        f"{n}-f0-s{s}" for n in ("trades", "faal-at", "frl") for s in (0, 1)}
+    assert all("autoattack" not in r.attacks for r in quality.plan(["at"], [0], 2, 3, tmp_path, autoattack_folds=0))
     with pytest.raises(SystemExit):
-        quality.plan(["nope"], [0], 2, tmp_path, ("pgd20",))
+        quality.plan(["nope"], [0], 2, 2, tmp_path)
+    with pytest.raises(SystemExit, match="--folds"):
+        quality.plan(["at"], [0], 1, 2, tmp_path)
 
 
-def _fake_run(run, epochs_done: int, attacks) -> None:
+def _fake_run(run, epochs_done: int, attacks, robust=(0.5, 0.0), counts=(2, 2), fold=None) -> None:
     run.out.mkdir(parents=True)
     (run.out / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "time": 1.0}) + "\n"
                                                    for e in range(1, epochs_done + 1)))
-    report = ClassReport(class_names=["a", "b"], counts=torch.tensor([2, 2]),
+    report = ClassReport(class_names=["a", "b"], counts=torch.tensor(counts),
                          clean_acc=torch.tensor([1.0, 0.5], dtype=torch.float64),
-                         robust_acc={a: torch.tensor([0.5, 0.0], dtype=torch.float64) for a in attacks})
-    metrics = build_metrics(report, config={"objective": "at", "plugins": []},
+                         robust_acc={a: torch.tensor(robust, dtype=torch.float64) for a in attacks})
+    metrics = build_metrics(report, config={"objective": "at", "plugins": [],
+                                            "fold": fold or f"{run.fold}/{run.folds}"},
                             evaluated={"epoch": epochs_done}, eps=0.2, norm="linf", seed=0)
     save_metrics(metrics, run.out / "metrics.json")
 
 
 def test_finished_runs_are_recognised(tmp_path):
-    done, short, other = quality.plan(["at", "bat", "trades"], [0], 3, tmp_path, ("pgd20",))
+    done, short, other, wrong_fold = quality.plan(["at", "bat", "trades", "cfa-at"], [0], 2, 3, tmp_path,
+                                                  autoattack_folds=0)[:4]
     _fake_run(done, 3, ["pgd20"])
     _fake_run(short, 2, ["pgd20"])
     _fake_run(other, 3, ["cw20"])
+    _fake_run(wrong_fold, 3, ["pgd20"], fold="1/2")
     assert quality.is_trained(done) and quality.is_evaluated(done)
     assert not quality.is_trained(short) and not quality.is_evaluated(short)
     assert quality.is_trained(other) and not quality.is_evaluated(other)  # evaluated without PGD-20
-    collected = quality.collect([done, short, other])
+    assert not quality.is_evaluated(wrong_fold)  # scored on another fold
+    collected = quality.collect([done, short, other, wrong_fold])
     assert list(collected) == ["at"]
-    expected = {"clean_avg": 0.75, "clean_worst": 0.5, "pgd20_avg": 0.25, "pgd20_worst": 0.0}
-    assert collected["at"]["per_seed"] == [expected]
+    unit = collected["at"]["units"][(0, 0)]
+    assert (unit["clean_avg"], unit["clean_worst"], unit["pgd20_avg"], unit["pgd20_worst"]) == (0.75, 0.5, 0.25, 0.0)
+    assert unit["correct"]["pgd20"] == [1, 0] and unit["counts"] == [2, 2]
+
+
+def _unit(avg, worst, correct=None, counts=(10, 10)):
+    return {"clean_avg": 0.9, "clean_worst": 0.8, "pgd20_avg": avg, "pgd20_worst": worst, "counts": list(counts),
+            "correct": {"clean": [9, 8], "pgd20": correct or [round(10 * worst), round(10 * (2 * avg - worst))]}}
 
 
 def test_aggregate_by_hand():
-    collected = {
-        "at": {"seeds": [0, 1], "train_minutes": [1.0, 3.0],
-               "per_seed": [{"pgd20_avg": 0.50, "pgd20_worst": 0.10}, {"pgd20_avg": 0.70, "pgd20_worst": 0.30}]},
-        "good": {"seeds": [0, 1], "train_minutes": [2.0, 2.0],
-                 "per_seed": [{"pgd20_avg": 0.595, "pgd20_worst": 0.30}, {"pgd20_avg": 0.595, "pgd20_worst": 0.36}]},
-        "costly": {"seeds": [0], "train_minutes": [2.0],
-                   "per_seed": [{"pgd20_avg": 0.58, "pgd20_worst": 0.40}]},
-    }
-    rows = quality.aggregate(collected, "pgd20")
-    assert rows["at"]["mean"]["pgd20_avg"] == pytest.approx(0.6)
-    assert rows["at"]["std"]["pgd20_avg"] == pytest.approx(statistics.stdev([0.5, 0.7]))  # 0.1414
-    assert rows["at"]["train_minutes"] == 2.0 and rows["costly"]["std"]["pgd20_avg"] is None
-    assert rows["good"]["vs_at"]["worst"] == pytest.approx(0.13)
-    assert rows["good"]["vs_at"]["avg"] == pytest.approx(-0.005)
-    assert rows["good"]["vs_at"]["meets_target"] is True
-    assert rows["costly"]["vs_at"]["meets_target"] is False  # +20 worst but -2 avg
-    assert rows["at"]["vs_at"]["meets_target"] is False
+    # two folds x two seeds; class counts 10 + 10 per fold
+    at = {(0, 0): _unit(0.50, 0.3), (1, 0): _unit(0.60, 0.3), (0, 1): _unit(0.55, 0.2), (1, 1): _unit(0.45, 0.4)}
+    good = {(0, 0): _unit(0.55, 0.5), (1, 0): _unit(0.55, 0.4), (0, 1): _unit(0.50, 0.4), (1, 1): _unit(0.50, 0.5)}
+    collected = {"at": {"units": at, "folds": 2, "train_minutes": [1.0, 3.0]},
+                 "good": {"units": good, "folds": 2, "train_minutes": [2.0]}}
+    rows = quality.aggregate(collected)
+    # pooled per seed (counts summed over the folds), by hand. at seed 0: class 0 correct 3 + 3 = 6 of 20,
+    # class 1 7 + 9 = 16 of 20 -> avg 0.55, worst 0.30; seed 1: class 0 2 + 4 = 6, class 1 9 + 5 = 14 -> 0.5, 0.3
+    assert rows["at"]["pooled"]["pgd20"]["0"]["avg"] == pytest.approx(0.55)
+    assert rows["at"]["mean"]["pgd20_worst"] == pytest.approx(0.30)
+    assert rows["at"]["mean"]["pgd20_avg"] == pytest.approx(0.525)
+    assert rows["at"]["std"]["pgd20_avg"] == pytest.approx(statistics.stdev([0.55, 0.5]))
+    assert rows["at"]["train_minutes"] == 2.0 and rows["at"]["units"] == 4
+    # paired over the four (fold, seed) units, in points: worst differences 20, 10, 20, 10
+    worst = rows["good"]["vs_at"]["worst"]
+    ref = scipy_stats.ttest_rel([50, 40, 40, 50], [30, 30, 20, 40])
+    assert worst["n"] == 4 and worst["mean_diff"] == pytest.approx(15.0)
+    assert worst["p_value"] == pytest.approx(ref.pvalue) and worst["significant"] == (ref.pvalue < 0.05)
+    assert rows["good"]["vs_at"]["avg"]["mean_diff"] == pytest.approx(0.0, abs=1e-9)
+    assert rows["good"]["meets_target"] is True  # pooled worst 0.45 vs 0.30, avg equal
+    assert rows["at"]["vs_at"] == {}
+    assert quality._holm({"a": 0.01, "b": 0.04, "c": 0.03}, 0.05) == {"a"}  # 0.01 < 0.05/3; 0.03 > 0.05/2
+
+
+def test_power_table_matches_a_simulated_t_test():
+    table = quality.power_table({"worst": 9.3, "avg": 1.8}, (15,))
+    assert table[0][0] == "15" and float(table[0][1]) == pytest.approx(7.2, abs=0.1)
 
 
 def test_scheduler_waits_for_baselines_and_skips_after_failures(tmp_path, monkeypatch):
-    runs = quality.plan(["frl", "faal-ft"], [0], 2, tmp_path, ("pgd20",))
+    runs = quality.plan(["frl", "faal-ft"], [0], 2, 2, tmp_path, autoattack_folds=0)
     started = []
 
     def fake(run, env, logs):
@@ -255,29 +283,43 @@ def test_scheduler_waits_for_baselines_and_skips_after_failures(tmp_path, monkey
         assert env["OMP_NUM_THREADS"] == "1"
         if run.needs:
             assert run.needs in started
-        return run.key != "at-s0"
+        return run.key != "at-f0-s0"
 
     monkeypatch.setattr(quality, "_execute", fake)
     failed = quality.run_all(runs, jobs=2, logs=tmp_path / "logs")
-    assert set(started) == {"at-s0", "trades-s0", "frl-s0"}
-    assert failed == {"at-s0": "see its log", "faal-ft-s0": "its baseline at-s0 failed"}
+    assert set(started) == {"at-f0-s0", "at-f1-s0", "trades-f0-s0", "trades-f1-s0", "frl-f0-s0", "frl-f1-s0",
+                            "faal-ft-f1-s0"}
+    assert failed == {"at-f0-s0": "see its log", "faal-ft-f0-s0": "its baseline at-f0-s0 failed"}
 
 
-def test_results_page_and_figure(tmp_path):
-    runs = quality.plan(["at", "bat"], [0], 2, tmp_path, ("pgd20",))
-    rows = quality.aggregate({
-        "at": {"seeds": [0], "train_minutes": [1.0], "per_seed": [
-            {"clean_avg": 0.9, "clean_worst": 0.8, "pgd20_avg": 0.6, "pgd20_worst": 0.2}]},
-        "bat": {"seeds": [0], "train_minutes": [1.0], "per_seed": [
-            {"clean_avg": 0.9, "clean_worst": 0.8, "pgd20_avg": 0.65, "pgd20_worst": 0.35}]},
-    }, "pgd20")
-    info = {"headline": "pgd20", "attacks": ("pgd20",), "epochs": 2, "seeds": [0], "jobs": 1, "full": False,
-            "scope": "2 epochs", "full_command": "python benchmarks/quality.py", "machine": common.machine_info("cpu"),
-            "load_before": [], "load_after": [], "figure": "leaderboard.png"}
-    text = quality.render_results(rows, runs, info)
-    assert "Not the full suite" in text and "Meets the target: `bat`" in text
-    assert "| `bat` | 1 | 90.0 | 80.0 | 65.0 | 35.0 | +5.0 | +15.0 | **met** |" in text
-    out = (tmp_path / "bat-s0").resolve()
-    assert f"fairdefense train --plugin bat --epochs 2 --seed 0 --out {out} --no-progress" in text
-    png = quality.plot_leaderboard(rows, "pgd20", tmp_path / "board.png", "title")
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_the_suite_end_to_end_on_fake_runs(tmp_path, monkeypatch):
+    """main(): plan, run (each run's execution faked: it writes what train + evaluate would), skip
+    finished runs on a second call, aggregate, and write the page, the JSON and the figure."""
+    executed = []
+
+    def fake(run, env, logs):
+        executed.append(run.key)
+        better = run.config.name == "bat"
+        _fake_run(run, quality.target_epochs(run), run.attacks,
+                  robust=(0.5, 0.6 if better else 0.1 * (1 + run.fold)), counts=(10, 10))
+        return True
+
+    monkeypatch.setattr(quality, "_execute", fake)
+    out = tmp_path / "docs"
+    argv = ["--epochs", "2", "--folds", "2", "--seeds", "0", "1", "--only", "at", "bat", "--jobs", "2",
+            "--runs", str(tmp_path / "runs"), "--md", str(out / "results.md"), "--json", str(out / "results.json"),
+            "--figure", str(out / "leaderboard.png")]
+    assert quality.main(argv) == 0
+    assert len(executed) == 8
+    text = (out / "results.md").read_text()
+    assert "Not the full suite" in text and "## Power analysis" in text
+    assert "Significantly higher worst-class PGD-20 robust accuracy than PGD-AT" in text
+    assert "`bat`" in text.split("Significantly higher")[1].split("\n")[0]
+    data = json.loads((out / "results.json").read_text())
+    assert data["results"]["bat"]["vs_at"]["worst"]["n"] == 4
+    assert "fairdefense train --plugin bat --fold 0/2 --epochs 2 --seed 0" in text
+    assert (out / "leaderboard.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # resumable: the real _execute starts no process for a finished run
+    monkeypatch.setattr(quality.subprocess, "run", lambda *a, **k: pytest.fail("a finished run was started again"))
+    for run in quality.plan(["at", "bat"], [0, 1], 2, 2, tmp_path / "runs"):
+        assert quality._execute(run, {}, tmp_path / "logs") and run.log == []
