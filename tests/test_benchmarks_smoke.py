@@ -296,6 +296,7 @@ def test_the_suite_end_to_end_on_fake_runs(tmp_path, monkeypatch):
     """main(): plan, run (each run's execution faked: it writes what train + evaluate would), skip
     finished runs on a second call, aggregate, and write the page, the JSON and the figure."""
     executed = []
+    real_execute = quality._execute
 
     def fake(run, env, logs):
         executed.append(run.key)
@@ -322,4 +323,4 @@ def test_the_suite_end_to_end_on_fake_runs(tmp_path, monkeypatch):
     # resumable: the real _execute starts no process for a finished run
     monkeypatch.setattr(quality.subprocess, "run", lambda *a, **k: pytest.fail("a finished run was started again"))
     for run in quality.plan(["at", "bat"], [0, 1], 2, 2, tmp_path / "runs"):
-        assert quality._execute(run, {}, tmp_path / "logs") and run.log == []
+        assert real_execute(run, {}, tmp_path / "logs") and run.log == []
