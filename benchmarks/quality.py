@@ -50,6 +50,7 @@ from typing import Any, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DOCS, REPO, load_average, machine_info, write_json  # noqa: E402
 
+from fairdefense.reports.leaderboard import format_test  # noqa: E402
 from fairdefense.stats import bootstrap_summaries, detectable_difference, paired_t_test  # noqa: E402
 
 __all__ = [
@@ -482,15 +483,6 @@ def _cell(row: dict[str, Any], key: str, attack: str | None = None) -> str:
     return text
 
 
-def _test_cell(test: dict[str, Any] | None) -> str:
-    if not test:
-        return "-"
-    if test["p_value"] is None:
-        return f"{test['mean_diff']:+.1f} (n={test['n']})"
-    mark = " *†" if test.get("holm") else (" *" if test["significant"] else "")
-    return f"{test['mean_diff']:+.1f} [{test['ci'][0]:+.1f}, {test['ci'][1]:+.1f}] p={test['p_value']:.3f}{mark}"
-
-
 def _ranks(rows: dict[str, dict[str, Any]], attack: str) -> dict[str, int]:
     """Rank (1 = best) by worst-class robust accuracy on the AutoAttack units."""
     scored = [(n, r["mean"][f"aa_units_{attack}_worst"]) for n, r in rows.items()
@@ -609,7 +601,7 @@ def render_results(rows: dict[str, dict[str, Any]], runs: Sequence[Run], info: d
         table.append([
             f"`{name}`", row["units"], _cell(row, "clean_avg", "clean"), _cell(row, "clean_worst", "clean"),
             _cell(row, "pgd20_avg", "pgd20"), _cell(row, "pgd20_worst", "pgd20"),
-            _test_cell(row["vs_at"].get("avg")), _test_cell(row["vs_at"].get("worst")),
+            format_test(row["vs_at"].get("avg")), format_test(row["vs_at"].get("worst")),
             "n/a" if aa_avg is None else f"{100 * aa_avg:.1f}", "n/a" if aa_worst is None else f"{100 * aa_worst:.1f}",
             f"{pgd_rank[name]} / {aa_rank[name]}" if name in aa_rank else "-",
             "-" if "meets_target" not in row else ("**met**" if row["meets_target"] else "not met"),

@@ -30,6 +30,7 @@ __all__ = [
     "group_runs",
     "leaderboard_markdown",
     "groups_markdown",
+    "format_test",
     "write_leaderboard",
     "configuration_key",
     "LEADERBOARD_FILES",
@@ -192,14 +193,16 @@ def group_runs(
     return groups
 
 
-def _test_cell(test: Mapping[str, Any] | None) -> str:
+def format_test(test: Mapping[str, Any] | None) -> str:
+    """A paired test as a table cell, in points: ``+11.0 [-2.8, +24.8] p=0.076 *`` (``*``: significant,
+    ``*†``: still significant after a Holm correction, when ``test["holm"]`` says so), the
+    difference alone when no test was possible, ``-`` for none."""
     if not test:
         return "-"
     if test["p_value"] is None:
         return f"{test['mean_diff']:+.1f} (n={test['n']}, no test)"
-    ci = test["ci"]
-    mark = " *" if test["significant"] else ""
-    return f"{test['mean_diff']:+.1f} [{ci[0]:+.1f}, {ci[1]:+.1f}] p={test['p_value']:.3f}{mark}"
+    mark = " *†" if test.get("holm") else (" *" if test["significant"] else "")
+    return f"{test['mean_diff']:+.1f} [{test['ci'][0]:+.1f}, {test['ci'][1]:+.1f}] p={test['p_value']:.3f}{mark}"
 
 
 def groups_markdown(attack: str, groups: Sequence[dict[str, Any]], alpha: float = ALPHA) -> str:
@@ -212,7 +215,7 @@ def groups_markdown(attack: str, groups: Sequence[dict[str, Any]], alpha: float 
 
     body = [[g["configuration"] + (" (baseline)" if g["baseline"] else ""), g["runs"], ms(g, "clean_avg"),
              ms(g, "clean_worst"), ms(g, "robust_avg"), ms(g, "robust_worst"),
-             _test_cell(g["tests"].get("avg")), _test_cell(g["tests"].get("worst"))] for g in groups]
+             format_test(g["tests"].get("avg")), format_test(g["tests"].get("worst"))] for g in groups]
     header = ["configuration", "runs", "clean avg", "clean worst", f"{attack} avg", f"{attack} worst",
               f"Δ avg vs {base}", f"Δ worst vs {base}"]
     title = (f"Configurations (runs differing only by seed or fold grouped): mean ± std (ddof 1) over runs, %. "
