@@ -219,7 +219,7 @@ def test_weak_class_lines_name_where_the_errors_go():
                       eps=0.1, norm="linf", seed=0)
     lines = weak_class_lines(m, "pgd20", k=2)
     assert len(lines) == 2
-    assert lines[0].startswith("- **cat** (20.0 [") and "4 of its 5 samples misclassified" in lines[0]
+    assert lines[0].startswith("- **cat** (robust 20.0%, exact 95% interval 0.5-71.6%)") and "4 of its 5 samples misclassified" in lines[0]
     assert "mostly pushed to dog (3, 75% of its errors), then eel (1, 25% of its errors)." in lines[0]
-    assert lines[1].startswith("- **eel** (50.0 [") and "pushed to cat (2, 100% of its errors)." in lines[1]
+    assert lines[1].startswith("- **eel** (robust 50.0%, exact 95% interval 6.8-93.2%)") and "pushed to cat (2, 100% of its errors)." in lines[1]
     assert report_from_metrics(m).confusion["pgd20"].tolist() == confusion.tolist()

@@ -44,8 +44,10 @@ def weak_class_lines(metrics: Mapping[str, Any], attack: str, k: int = WEAK_CLAS
     for c in ranked[:k]:
         errors = [(matrix[c][j], j) for j in range(len(names)) if j != c and matrix[c][j] > 0]
         wrong = sum(n for n, _ in errors)
-        head = (f"- **{names[c]}** ({pct_ci(entry['robust_acc'][c], entry.get('ci', [None] * len(names))[c])}% "
-                f"robust): {wrong} of its {counts[c]} samples misclassified")
+        ci = (entry.get("ci") or [None] * len(names))[c]
+        interval = f", exact 95% interval {pct(ci[0])}-{pct(ci[1])}%" if ci else ""
+        head = (f"- **{names[c]}** (robust {pct(entry['robust_acc'][c])}%{interval}): {wrong} of its {counts[c]} "
+                f"samples misclassified")
         if not wrong:
             lines.append(head + ".")
             continue
