@@ -56,5 +56,10 @@ def test_evaluate_worst_case_row_and_boundary_error():
     report = evaluate(model, [(x[:16], y[:16]), (x[16:], y[16:])], ["a", "b", "c"], ["pgd5", "cw5"], eps=0.2)
     for attack in ("pgd5", "cw5"):
         assert (report.robust_acc[WORST_CASE] <= report.robust_acc[attack] + 1e-12).all()
-        torch.testing.assert_close(report.boundary_error(attack), report.clean_acc - report.robust_acc[attack])
     assert report.counts.sum() == 30
+    # confusion rows hold each class's samples; the diagonal is the robust count; it survives to_dict/from_dict
+    for attack in ("pgd5", "cw5"):
+        m = report.confusion[attack]
+        assert m.sum(1).tolist() == torch.bincount(y, minlength=3).tolist()
+        torch.testing.assert_close(m.diag().double() / m.sum(1).double(), report.robust_acc[attack])
+    assert ClassReport.from_dict(report.to_dict()).confusion["cw5"].tolist() == report.confusion["cw5"].tolist()
