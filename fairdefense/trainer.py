@@ -28,7 +28,7 @@ from fairdefense.checkpoint import (
     set_rng_state,
     versions,
 )
-from fairdefense.config import TrainConfig, resolve
+from fairdefense.config import TrainConfig, resolve, select_device
 from fairdefense.context import BatchInfo, BatchOutputs, EpochInfo, RunInfo
 from fairdefense.errors import ConfigError, NonFiniteLossError
 from fairdefense.evaluation import evaluate
@@ -104,7 +104,7 @@ def resolve_run(
     their ``configure`` hooks fill unset fields, then ``dataset_defaults``, then the
     library's defaults. Returns the resolved config, the plugin host and the run info."""
     config = copy.deepcopy(config)
-    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = select_device(config.device)
     host = PluginHost(list(config.plugins) + list(plugins), config.plugin_options)
     config.plugins = tuple(host.plugins)
     run = RunInfo(len(class_names), [str(c) for c in class_names], config, device)
