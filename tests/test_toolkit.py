@@ -100,3 +100,36 @@ def test_device_cache_copies_once_per_dtype_until_cleared():
     assert cache.like(torch.zeros(1, dtype=torch.float16))["w"].tolist() == [1.0, 1.0]
     plain = DeviceCache(lambda: torch.tensor([1.0], dtype=torch.float64))
     assert plain.like(torch.zeros(1)).dtype == torch.float32
+
+
+def test_the_example_package_logs_the_weights_it_computes(tmp_path, monkeypatch):
+    """The third-party example, written with the toolkit: weights from the line's own train stats."""
+    import importlib.util
+    import json
+    import math
+    import sys
+    from pathlib import Path
+
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    path = Path(__file__).resolve().parents[1] / "examples/fairdefense-example-plugin/fairdefense_example_plugin.py"
+    spec = importlib.util.spec_from_file_location("fairdefense_example_plugin", path)
+    example = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, example)  # dataclasses look their module up
+    spec.loader.exec_module(example)
+    with pytest.raises(fairdefense.PluginOptionError, match="option 'temperature' must be > 0"):
+        example.UpweightWeak(temperature=0)
+
+    torch.manual_seed(0)
+    data = TensorDataset(torch.rand(30, 4), torch.arange(30) % 3)
+    config = fairdefense.TrainConfig(epochs=2, attack_steps=1, batch_size=30, device="cpu", eps=0.3)
+    plugin = example.UpweightWeak(temperature=0.5)
+    fairdefense.Trainer(nn.Linear(4, 3), data, ["a", "b", "c"], config, [plugin], run_dir=tmp_path, progress=False).fit()
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert any(len(set(entry["train"]["robust_acc"])) > 1 for entry in lines)  # the classes differ: weights not uniform
+    for entry in lines:
+        errors = [1.0 - acc for acc in entry["train"]["robust_acc"]]
+        z = sum(math.exp(e / 0.5) for e in errors)
+        expected = [3 * math.exp(e / 0.5) / z for e in errors]
+        assert entry["plugins"]["upweight-weak"]["class_weights"] == pytest.approx(expected)
