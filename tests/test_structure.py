@@ -133,3 +133,30 @@ def test_the_checker_sees_cycles_root_imports_and_skips_type_checking(tmp_path):
         "def f():\n    import fairdefense.trainer\n"
     )
     assert edges(source) == {"fairdefense", "fairdefense.hookspecs", "fairdefense.trainer"}
+
+
+def test_the_star_import_leaves_art_alone_and_the_art_names_stay_reachable():
+    import subprocess
+    import sys
+
+    import fairdefense
+
+    code = "import sys\nfrom fairdefense import *\nprint('art' in sys.modules, 'TrainConfig' in dir())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True"]
+    assert not set(fairdefense._ART_EXPORTS) & set(fairdefense.__all__)
+    assert set(fairdefense._ART_EXPORTS) <= set(dir(fairdefense))  # still found by completion, loaded on access
+
+
+def test_the_package_ships_py_typed_and_reads_its_version_from_its_own_module():
+    import configparser
+
+    import fairdefense
+    from fairdefense.version import __version__
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    assert (PACKAGE / "py.typed").is_file()
+    assert "py.typed" in config["options.package_data"]["fairdefense"]
+    assert config["metadata"]["version"] == "attr: fairdefense.version.__version__"
+    assert fairdefense.__version__ == __version__
