@@ -63,7 +63,14 @@ def _entry_points() -> dict[str, metadata.EntryPoint]:
 
 
 def _hooks_of(obj: Any) -> tuple[str, ...]:
-    return tuple(h for h in HOOK_NAMES if callable(getattr(obj, h, None)))
+    """The hooks a plugin (class or object) implements: methods named after hooks, or marked with a ``specname``."""
+    found = set()
+    for attr in dir(obj):
+        value = getattr(obj, attr, None)
+        if callable(value):
+            opts = getattr(value, f"{hookspecs.PROJECT_NAME}_impl", None) or {}
+            found.add(opts.get("specname") or attr)
+    return tuple(h for h in HOOK_NAMES if h in found)
 
 
 def _summary(obj: Any) -> str:
