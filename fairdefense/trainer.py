@@ -35,7 +35,7 @@ from fairdefense.evaluation import evaluate
 from fairdefense.manager import PluginHost
 from fairdefense.metrics import ClassReport, ClassStats, summarize
 from fairdefense.objectives import make_objective
-from fairdefense.data.splits import per_class_split
+from fairdefense.splits import per_class_split
 
 __all__ = ["Trainer", "TrainResult", "load_weights", "resolve_run"]
 
@@ -377,7 +377,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss_sum / n_batches:.3f}", rob_avg=f"{rob['avg']:.3f}",
                                 rob_worst=f"{rob['worst']:.3f}", img_s=f"{rate:.0f}")
         train_time = time.perf_counter() - start
-        self.host.notify("on_epoch_end", epoch=info, train_stats=stats)
+        logged = self.host.on_epoch_end(info, stats)
         entry: dict[str, Any] = {
             "epoch": epoch + 1,
             "lr": info.lr,
@@ -391,6 +391,8 @@ class Trainer:
                 "summary": {"robust_acc": summarize(stats.robust_acc, False)},
             },
         }
+        if logged:
+            entry["plugins"] = logged
         report = self._validate(info) if self.val_data is not None else None
         if report is not None:
             entry["val"] = report.to_dict()
