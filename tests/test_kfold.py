@@ -8,7 +8,7 @@ import fairdefense
 from fairdefense import ConfigError
 from fairdefense.cli.train import _config
 from fairdefense.data import kfold_indices, kfold_split, load_dataset
-from fairdefense.data.splits import parse_fold
+from fairdefense.splits import parse_fold
 
 
 def test_folds_are_deterministic_disjoint_covering_and_stratified():

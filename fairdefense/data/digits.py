@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from fairdefense.data.bundle import DatasetBundle
-from fairdefense.data.splits import kfold_split, stratified_split
+from fairdefense.splits import kfold_split, stratified_split
 
 __all__ = ["load_digits_bundle", "DIGITS_DEFAULTS"]
 

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
-import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
@@ -181,7 +180,7 @@ def evaluate_run(
     folder, or the checkpoint's folder); ``write=False`` writes nothing. Returns the
     ``metrics.json`` dict and the written files.
     """
-    from fairdefense.config import TrainConfig
+    from fairdefense.config import TrainConfig, select_device
     from fairdefense.data import load_dataset
     from fairdefense.evaluation import evaluate
     from fairdefense.models import create_model
@@ -196,7 +195,7 @@ def evaluate_run(
     model = create_model(meta["model"], len(meta["class_names"]), tuple(meta["input_shape"]), meta["mean"], meta["std"])
     chosen = state["eval_model"] if weights == "eval" and state["eval_model"] is not None else state["model"]
     model.load_state_dict(chosen)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = select_device(device)
     data = load_dataset(meta["dataset"], run.data_dir, fold=run.fold).test
     if n_samples is not None:
         data = Subset(data, range(min(n_samples, len(data))))

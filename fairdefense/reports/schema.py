@@ -32,6 +32,7 @@ from fairdefense.errors import ConfigError
 from fairdefense.evaluation import AUTOATTACK, attack_settings
 from fairdefense.metrics import WORST_CASE, ClassReport
 from fairdefense.stats import BOOTSTRAP_SEED, LEVEL, RESAMPLES, bootstrap_summaries, class_intervals
+from fairdefense.version import __version__
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -153,8 +154,6 @@ def build_metrics(
     scored (``first_n``, ``sha256`` of the evaluated inputs and labels; unknown when
     not given).
     """
-    from fairdefense import __version__
-
     summary = report.summary()
     attacks = [a for a in report.robust_acc if a != WORST_CASE]
     settings = {a: attack_settings(a, eps=eps, norm=norm, num_classes=report.num_classes, autoattack=autoattack)
