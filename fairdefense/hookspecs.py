@@ -107,8 +107,12 @@ def on_epoch_end(epoch: "EpochInfo", train_stats: "ClassStats") -> None:
     the logits the trainer already computed on the examples it trained on (no
     extra attack): per class, the number of samples, how many adversarial inputs
     were classified correctly (``robust_acc``), and for objectives with a clean
-    forward pass (TRADES) how many clean ones (``clean_acc``; ``None`` for PGD-AT).
-    In distributed runs the counts are global.
+    forward pass (TRADES) how many clean ones (``clean_acc``; ``None`` for PGD-AT),
+    and the ``(C, C)`` sums of the softmax outputs on the adversarial inputs, row =
+    true class (``robust_prob_sums``; ``robust_prob_mean`` is the per-class mean
+    prediction, e.g. DAFA's class similarity). They are accumulated on the device
+    from the training logits (train mode, before the batch's optimizer step).
+    In distributed runs the counts and sums are global.
 
     Returns: nothing. Every implementation is called, in activation order.
     """
