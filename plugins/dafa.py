@@ -52,7 +52,8 @@ Deviations and choices
       onto the ``W_y eps`` ball, then an unscaled step projected onto the ``eps`` ball. Its
       radius is ``min(W_y eps + step, eps)``; ``at_radius = "code"`` uses that radius with
       the combined step ``(W_y + 1) * step`` (the two coincide with the code's iterates
-      unless the previous iterate lies outside the ``W_y eps`` box). The default scales
+      unless the previous iterate lies outside the ``W_y eps`` box); during the warm-up it
+      takes the code's ``W = 1`` attack, radius ``eps`` and step ``2 * step``. The default scales
       radius and step by ``W_y``, as the code does for TRADES and as the paper describes.
       The code's PGD-AT starts from ``x + 0.001 N(0, I)`` for DAFA and its baseline alike
       (``--random-start normal`` here); the trainer's PGD-AT starts uniformly.
@@ -68,6 +69,7 @@ Combination
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -144,6 +146,7 @@ class DAFA(fairdefense.FairnessPlugin):
         self.similarity: Tensor | None = None
         self.weights: Tensor | None = None
         self._cache: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        self._warned = False
 
     def _weights_like(self, like: Tensor) -> Tensor:
         key = (like.device, like.dtype)
@@ -157,12 +160,17 @@ class DAFA(fairdefense.FairnessPlugin):
         return {"objective": "trades"} if config.objective is None else None
 
     def on_epoch_start(self, epoch: fairdefense.EpochInfo) -> None:
-        """Refuse a warm-up longer than the run: the weights would never be computed."""
-        if self.options.tau > epoch.num_epochs:
-            raise fairdefense.PluginOptionError(
-                f"plugin 'dafa': the warm-up tau={self.options.tau} is longer than the run's {epoch.num_epochs} epochs, "
-                f"so DAFA would never weight anything. Set -o dafa.tau=N with N < {epoch.num_epochs} (the code warms up "
-                f"70 of 110 epochs, e.g. -o dafa.tau={max(1, round(epoch.num_epochs * 70 / 110))})."
+        """Warn (once) when the warm-up outlasts the run: the weights would never apply.
+
+        A warning, not an error: a short run may be resumed with more epochs."""
+        if self.options.tau >= epoch.num_epochs and not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"plugin 'dafa': the warm-up tau={self.options.tau} is not shorter than the run's {epoch.num_epochs} "
+                f"epochs, so DAFA's weights never apply in it (plain {epoch.run.config.objective}). Set -o dafa.tau=N with "
+                f"N < {epoch.num_epochs} (the code warms up 70 of 110 epochs, e.g. -o dafa.tau="
+                f"{max(1, round(epoch.num_epochs * 70 / 110))}), or resume the run with more epochs.",
+                stacklevel=2,
             )
 
     # ----------------------------------------------------------------- per epoch
@@ -192,11 +200,15 @@ class DAFA(fairdefense.FairnessPlugin):
 
     # ----------------------------------------------------------------- per batch
     def remargin(self, batch: fairdefense.BatchInfo) -> fairdefense.Margins | None:
-        """Per-class radius and step scaled by ``W`` (PGD-AT ``code``: ``min(W eps + step, eps)``)."""
-        if self.weights is None:
+        """Per-class radius and step scaled by ``W`` (PGD-AT ``code``: ``min(W eps + step, eps)``).
+
+        ``None`` during the warm-up, except for PGD-AT with ``at_radius="code"``, whose
+        attack takes the code's doubled step with ``W = 1`` from the first epoch."""
+        code = batch.objective.name == "at" and self.options.at_radius == "code"
+        if self.weights is None and not code:
             return None
-        w = self._weights_like(batch.x)
-        if batch.objective.name == "at" and self.options.at_radius == "code":
+        w = self._weights_like(batch.x) if self.weights is not None else batch.x.new_ones(batch.num_classes)
+        if code:
             eps = (w * batch.eps + batch.eps_step).clamp_max(batch.eps)
             return fairdefense.Margins(eps=eps, step=(w + 1.0) * batch.eps_step)
         return fairdefense.Margins(eps=w * batch.eps, step=w * batch.eps_step)
