@@ -267,7 +267,7 @@ def test_refused_with_another_remargin(other, options):
     (("dafa", "ema"), {}, "trades"),
     (("dafa", "faal"), {}, "trades"),
     (("dafa", "cfa"), {"cfa": {"ccm": "false"}}, "trades"),
-    (("dafa", "frl"), {"frl": {"variant": "rw", "beta": "6"}}, "trades"),
+    (("dafa", "frl"), {"frl": {"variant": "rw"}}, "trades"),
 ])
 def test_accepted_combinations(plugins, options, objective):
     assert resolve(*plugins, options=options).objective == objective
