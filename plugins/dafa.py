@@ -99,7 +99,7 @@ def dafa_weights(
     if p.dim() != 2 or p.shape[0] != p.shape[1]:
         raise fairdefense.ConfigError(f"dafa_weights: the similarity must be (C, C), got {tuple(p.shape)}.")
     own = p.diagonal()
-    other = ~torch.eye(len(own), dtype=torch.bool)
+    other = ~torch.eye(len(own), dtype=torch.bool, device=p.device)
     harder = own.unsqueeze(1) < own.unsqueeze(0)  # [i, j]: P_ii < P_jj
     easier = ~harder & other if ties == "subtract" else own.unsqueeze(1) > own.unsqueeze(0)
     gain = (p * own.unsqueeze(0)).where(harder, 0.0).sum(1)  # sum_j P_ij P_jj
