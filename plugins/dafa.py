@@ -77,6 +77,7 @@ import torch
 from torch import Tensor
 
 import fairdefense
+from fairdefense.toolkit import DeviceCache, check_options
 
 __all__ = ["DAFA", "dafa_weights"]
 
@@ -134,25 +135,17 @@ class DAFA(fairdefense.FairnessPlugin):
         at_radius: Literal["scaled", "code"] = "scaled"
 
         def __post_init__(self) -> None:
-            if self.tau < 1:
-                raise fairdefense.PluginOptionError(
-                    f"plugin 'dafa': option 'tau' must be >= 1 (warm-up epochs, the code's --dafa_warmup), got {self.tau}."
-                )
-            if not (self.lam >= 0 and math.isfinite(self.lam)):
-                raise fairdefense.PluginOptionError(f"plugin 'dafa': option 'lam' must be a finite number >= 0, got {self.lam}.")
+            check_options("dafa", self, [
+                (self.tau >= 1, "tau", ">= 1 (warm-up epochs, the code's --dafa_warmup)"),
+                (self.lam >= 0 and math.isfinite(self.lam), "lam", "a finite number >= 0"),
+            ])
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.similarity: Tensor | None = None
         self.weights: Tensor | None = None
-        self._cache: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        self._on_device: DeviceCache[Tensor] = DeviceCache(lambda: self.weights)
         self._warned = False
-
-    def _weights_like(self, like: Tensor) -> Tensor:
-        key = (like.device, like.dtype)
-        if key not in self._cache:
-            self._cache[key] = self.weights.to(device=like.device, dtype=like.dtype)
-        return self._cache[key]
 
     # ----------------------------------------------------------------- run level
     def configure(self, config: fairdefense.TrainConfig) -> dict[str, Any] | None:
@@ -174,10 +167,13 @@ class DAFA(fairdefense.FairnessPlugin):
             )
 
     # ----------------------------------------------------------------- per epoch
-    def on_epoch_end(self, epoch: fairdefense.EpochInfo, train_stats: fairdefense.ClassStats) -> None:
-        """In hook epoch ``tau - 1``: the class similarity and the weights, fixed from then on."""
+    def on_epoch_end(self, epoch: fairdefense.EpochInfo, train_stats: fairdefense.ClassStats) -> dict[str, Tensor] | None:
+        """In hook epoch ``tau - 1``: the class similarity and the weights, fixed from then on.
+
+        Logs them (``metrics.jsonl``, ``"plugins": {"dafa": {"weights": ..., "similarity": ...}}``)
+        on that epoch's line."""
         if epoch.epoch != self.options.tau - 1:
-            return
+            return None
         similarity = train_stats.robust_prob_mean
         names = epoch.run.class_names
         empty = [names[c] for c in torch.nonzero(train_stats.counts.cpu() == 0).flatten().tolist()]
@@ -196,7 +192,8 @@ class DAFA(fairdefense.FairnessPlugin):
                 f"needs a positive loss weight and attack radius. Lower -o dafa.lam (the code uses 1.0 on CIFAR-10)."
             )
         self.similarity, self.weights = similarity, weights
-        self._cache.clear()
+        self._on_device.clear()
+        return {"weights": weights, "similarity": similarity}
 
     # ----------------------------------------------------------------- per batch
     def remargin(self, batch: fairdefense.BatchInfo) -> fairdefense.Margins | None:
@@ -207,7 +204,7 @@ class DAFA(fairdefense.FairnessPlugin):
         code = batch.objective.name == "at" and self.options.at_radius == "code"
         if self.weights is None and not code:
             return None
-        w = self._weights_like(batch.x) if self.weights is not None else batch.x.new_ones(batch.num_classes)
+        w = self._on_device.like(batch.x) if self.weights is not None else batch.x.new_ones(batch.num_classes)
         if code:
             eps = (w * batch.eps + batch.eps_step).clamp_max(batch.eps)
             return fairdefense.Margins(eps=eps, step=(w + 1.0) * batch.eps_step)
@@ -217,7 +214,7 @@ class DAFA(fairdefense.FairnessPlugin):
         """``W_y`` on TRADES's natural CE term, or on PGD-AT's adversarial CE term."""
         if self.weights is None:
             return None
-        w = self._weights_like(batch.x)[batch.y]
+        w = self._on_device.like(batch.x)[batch.y]
         if batch.objective.name == "trades":
             return fairdefense.LossWeights(natural=w)
         return fairdefense.LossWeights(robust=w)
@@ -233,4 +230,4 @@ class DAFA(fairdefense.FairnessPlugin):
         """Restore what :meth:`plugin_state` returned."""
         self.similarity = torch.as_tensor(state["similarity"], dtype=torch.float64).cpu().clone()
         self.weights = torch.as_tensor(state["weights"], dtype=torch.float64).cpu().clone()
-        self._cache.clear()
+        self._on_device.clear()

@@ -3,6 +3,7 @@ matrices, radii/steps and loss weights per objective, the warm-up, state, and en
 from __future__ import annotations
 
 import itertools
+import json
 import warnings
 
 import pytest
@@ -133,13 +134,14 @@ def test_warm_up_statistic_from_epoch_tau_then_fixed():
     assert dafa.configure(config=fairdefense.TrainConfig()) == {"objective": "trades"}
     assert dafa.configure(config=fairdefense.TrainConfig(objective="at")) is None
     y = torch.tensor([0, 1, 2])
-    for epoch in (0, 1):  # warm-up: uniform weights, nothing read
-        dafa.on_epoch_end(epoch=epoch_info(epoch), train_stats=stats_with_mean(P_TIE))
+    for epoch in (0, 1):  # warm-up: uniform weights, nothing read, nothing logged
+        assert dafa.on_epoch_end(epoch=epoch_info(epoch), train_stats=stats_with_mean(P_TIE)) is None
         assert dafa.weights is None and dafa.plugin_state() is None
         assert dafa.remargin(batch=batch_info(y, fairdefense.TRADES(BETA))) is None
         assert dafa.reweight(batch=batch_info(y, fairdefense.TRADES(BETA))) is None
-    dafa.on_epoch_end(epoch=epoch_info(2), train_stats=stats_with_mean(P))  # the tau-th epoch (1-based)
+    logged = dafa.on_epoch_end(epoch=epoch_info(2), train_stats=stats_with_mean(P))  # the tau-th epoch (1-based)
     torch.testing.assert_close(dafa.weights, torch.tensor([1.36, 0.60, 1.04], dtype=torch.float64))
+    assert logged["weights"] is dafa.weights and logged["similarity"] is dafa.similarity
     torch.testing.assert_close(dafa.similarity, P)
     dafa.on_epoch_end(epoch=epoch_info(3), train_stats=stats_with_mean(P_TIE))  # fixed afterwards
     torch.testing.assert_close(dafa.weights, torch.tensor([1.36, 0.60, 1.04], dtype=torch.float64))
@@ -298,6 +300,9 @@ def test_trains_from_cli_and_python_and_resumes_exactly_across_the_warm_up(tmp_p
     with pytest.warns(UserWarning, match="tau=2 is not shorter than the run's 2"):
         fairdefense.resume(tmp_path / "last.pt", epochs=2, progress=False)  # resumes inside the warm-up
     state = torch.load(tmp_path / "last.pt", weights_only=True)["plugins"]["dafa"]
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [("plugins" in line and "dafa" in line["plugins"]) for line in lines] == [False, True]
+    torch.testing.assert_close(torch.tensor(lines[1]["plugins"]["dafa"]["weights"], dtype=torch.float64), state["weights"])
     resumed = fairdefense.resume(tmp_path / "last.pt", epochs=3, progress=False)  # resumes after it
 
     dafa, spy = DAFA(tau=2), Spy()
