@@ -31,6 +31,7 @@ class TrainConfig:
     batch_size: int | None = None
     lr: float | None = None
     momentum: float | None = None
+    nesterov: bool | None = None
     weight_decay: float | None = None
     schedule: str | None = None
     milestones: tuple[float, ...] | None = None
@@ -86,6 +87,7 @@ DEFAULTS: dict[str, Any] = {
     "batch_size": 128,
     "lr": 0.1,
     "momentum": 0.9,
+    "nesterov": False,
     "weight_decay": 5e-4,
     "schedule": "multistep",
     "milestones": (0.5, 0.75),
@@ -165,6 +167,8 @@ def _check(c: TrainConfig, clip: tuple | None) -> None:
             raise ConfigError(f"{name} must be >= 1, got {getattr(c, name)}.")
     if not c.lr > 0:
         raise ConfigError(f"lr must be > 0, got {c.lr}.")
+    if c.nesterov and not c.momentum > 0:
+        raise ConfigError(f"nesterov needs momentum > 0, got momentum={c.momentum}; set a momentum or drop nesterov.")
     if c.schedule not in ("multistep", "cosine", "constant"):
         raise ConfigError(f"schedule must be 'multistep', 'cosine' or 'constant', got {c.schedule!r}.")
     if c.val_size < 0:

@@ -108,9 +108,13 @@ def on_epoch_end(epoch: "EpochInfo", train_stats: "ClassStats") -> "dict[str, An
     the logits the trainer already computed on the examples it trained on (no
     extra attack): per class, the number of samples (``counts``), how many
     adversarial inputs were classified correctly (``robust_correct``; the fraction
-    is ``robust_acc``), and for objectives with a clean forward pass (TRADES) how
-    many clean ones (``clean_correct`` and ``clean_acc``; ``None`` for PGD-AT). In
-    distributed runs the counts are global.
+    is ``robust_acc``), for objectives with a clean forward pass (TRADES) how many
+    clean ones (``clean_correct`` and ``clean_acc``; ``None`` for PGD-AT), and the
+    ``(C, C)`` sums of the softmax outputs on the adversarial inputs, row = true
+    class (``robust_prob_sums``; ``robust_prob_mean`` is the per-class mean
+    prediction, e.g. DAFA's class similarity), accumulated on the device from the
+    training logits (train mode, before the batch's optimizer step). In
+    distributed runs the counts and sums are global.
 
     Returns: ``None``, or a dict of values to log (numbers, strings, tensors, lists
     and dicts of these): the trainer writes it into this epoch's line of

@@ -53,26 +53,37 @@ class ClassStats:
 
     ``robust_correct`` counts adversarial inputs classified correctly;
     ``clean_correct`` counts clean inputs, or is ``None`` when the objective has no
-    clean forward pass (PGD-AT).
+    clean forward pass (PGD-AT). ``robust_prob_sums`` ``(C, C)`` float32 sums the
+    softmax outputs on the adversarial inputs: row ``c`` (true class) adds
+    ``softmax(logits_adv_i)`` over the samples ``i`` of class ``c``, so a row sums to
+    that class's count (``robust_prob_mean`` divides by it). Every field is a tensor
+    that sums over batches and processes (or ``None``), so an all-reduce (sum) of
+    each makes the statistics global.
     """
 
     counts: Tensor
     robust_correct: Tensor
     clean_correct: Tensor | None = None
+    robust_prob_sums: Tensor | None = None
 
     @classmethod
     def zeros(cls, num_classes: int, device: torch.device | str = "cpu") -> "ClassStats":
         z = torch.zeros(num_classes, dtype=torch.long, device=device)
-        return cls(z.clone(), z.clone(), None)
+        probs = torch.zeros(num_classes, num_classes, dtype=torch.float32, device=device)
+        return cls(z.clone(), z.clone(), None, probs)
 
     def update(self, y: Tensor, logits_adv: Tensor, logits_clean: Tensor | None = None) -> None:
-        """Add one batch (on the device; no host synchronisation)."""
+        """Add one batch (on the device, ``O(B C)``; no host synchronisation)."""
         c = self.counts.numel()
         self.counts += torch.bincount(y, minlength=c)
         self.robust_correct += torch.bincount(y, weights=(logits_adv.argmax(1) == y).float(), minlength=c).long()
         if logits_clean is not None:
             hits = torch.bincount(y, weights=(logits_clean.argmax(1) == y).float(), minlength=c).long()
             self.clean_correct = hits if self.clean_correct is None else self.clean_correct + hits
+        if self.robust_prob_sums is None:
+            self.robust_prob_sums = torch.zeros(c, c, dtype=torch.float32, device=y.device)
+        probs = torch.softmax(logits_adv.detach().float(), dim=1)
+        self.robust_prob_sums.index_add_(0, y, probs.to(self.robust_prob_sums.dtype))
 
     @property
     def robust_acc(self) -> Tensor:
@@ -85,6 +96,18 @@ class ClassStats:
         if self.clean_correct is None:
             return None
         return (self.clean_correct.double() / self.counts.double().clamp_min(1)).cpu()
+
+    @property
+    def robust_prob_mean(self) -> Tensor | None:
+        """Per-class mean softmax output on the adversarial training inputs ``(C, C)``
+        float64 (CPU): entry ``[i, j]`` is the mean probability of class ``j`` over the
+        samples of true class ``i`` (a soft confusion matrix; DAFA's class similarity).
+        Rows of classes without samples are NaN; ``None`` if no batch was added."""
+        if self.robust_prob_sums is None:
+            return None
+        counts = self.counts.double().cpu().unsqueeze(1)
+        nan = torch.tensor(float("nan"), dtype=torch.float64)
+        return self.robust_prob_sums.double().cpu() / counts.where(counts > 0, nan)
 
 
 @dataclass

@@ -133,7 +133,7 @@ class Trainer:
     test_data:
         Optional dataset scored per class after each ``eval_every`` epochs and at the end.
     optimizer, scheduler:
-        Optional; default SGD with the config's lr, momentum and weight decay, and the
+        Optional; default SGD with the config's lr, momentum (Nesterov if set) and weight decay, and the
         config's schedule (``multistep`` at fractions ``milestones`` of the epochs,
         ``cosine`` or ``constant``), stepped once per epoch.
     clip:
@@ -211,7 +211,7 @@ class Trainer:
         self.shuffle = torch.Generator().manual_seed(self.config.seed)
         self.optimizer = optimizer or torch.optim.SGD(
             self.model.parameters(), lr=self.config.lr, momentum=self.config.momentum,
-            weight_decay=self.config.weight_decay,
+            weight_decay=self.config.weight_decay, nesterov=self.config.nesterov,
         )
         self.scheduler = scheduler if scheduler is not None else self._default_scheduler()
         self.epoch = 0

@@ -38,6 +38,7 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--schedule", choices=["multistep", "cosine", "constant"])
+    p.add_argument("--nesterov", action="store_true", default=None, help="Nesterov momentum in SGD (default off)")
     p.add_argument("--eps", type=float, help="attack radius in input units (digits default 0.2; images 8/255)")
     p.add_argument("--eps-step", type=float, help="attack step (default eps/4)")
     p.add_argument("--attack-steps", type=int, help="PGD steps during training (default 10)")
@@ -67,7 +68,7 @@ def _config(args: argparse.Namespace):
     given = {
         "dataset": args.dataset, "data_dir": args.data_dir, "fold": args.fold, "model": args.model, "objective": args.objective,
         "beta": args.beta, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-        "schedule": args.schedule, "eps": args.eps, "eps_step": args.eps_step, "attack_steps": args.attack_steps,
+        "schedule": args.schedule, "nesterov": args.nesterov, "eps": args.eps, "eps_step": args.eps_step, "attack_steps": args.attack_steps,
         "norm": args.norm, "random_start": args.random_start, "val_size": args.val_size, "select_best": args.select_best, "amp": args.amp,
         "channels_last": args.channels_last, "compile": args.compile, "workers": args.workers, "seed": args.seed,
         "device": args.device, "init": args.init, "out": args.out,
