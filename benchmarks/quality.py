@@ -146,6 +146,13 @@ CONFIGS: tuple[Config, ...] = (
     Config("faal-awp-ft", ("--plugin", "faal", "--plugin", "awp", "--lr", "0.01"),
            "FAAL-AWP as the paper fine-tunes it: faal-ft plus AWP (gamma 0.005, proxy lr 0.1).",
            init_from="at", ft_epochs=2),
+    Config("dafa-trades", ("--plugin", "dafa", "--objective", "trades", "-o", "dafa.tau={warmup}"),
+           "DAFA with TRADES (beta 6): uniform weights for the warm-up (the code warms up 70 epochs, 70% of its "
+           "high-lr phase; here 70% of the epochs before the first lr decay: 10 of 30), then fixed class weights "
+           "from the last warm-up epoch's training adversarial softmax (lam 1, the current code's formula) on the "
+           "natural CE, the attack radius and the step."),
+    Config("dafa-at", ("--plugin", "dafa", "--objective", "at", "-o", "dafa.tau={warmup}"),
+           "DAFA with PGD-AT: as dafa-trades; W_y weights the adversarial CE and scales radius and step."),
 )
 _BY_NAME = {c.name: c for c in CONFIGS}
 
@@ -202,7 +209,8 @@ def train_args(run: Run) -> list[str]:
     """The ``fairdefense train`` arguments of ``run`` (without the program name)."""
     c = run.config
     begin, late = milestones(run.epochs)
-    args = [a.format(begin=begin, late=late) for a in c.args]
+    warmup = max(1, round(0.7 * begin))  # DAFA's warm-up: 70% of the high-lr phase, as its code's 70 of 100
+    args = [a.format(begin=begin, late=late, warmup=warmup) for a in c.args]
     epochs = run.epochs if c.init_from is None else fine_tune_epochs(c, run.epochs)
     if c.init_from is not None:
         args += ["--init", _shown(run.root / unit_key(c.init_from, run.fold, run.seed) / "last.pt")]
