@@ -7,13 +7,14 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from fairdefense.checkpoint import FORMAT_VERSION, load_checkpoint
+from fairdefense import distributed
 from fairdefense.config import TrainConfig
 from fairdefense.data import load_dataset
 from fairdefense.errors import ConfigError
 from fairdefense.evaluation import evaluate
 from fairdefense.metrics import ClassReport
 from fairdefense.models import create_model
+from fairdefense.run_folder import load_training_state
 from fairdefense.trainer import Trainer, TrainResult
 
 __all__ = ["build_trainer", "train", "resume", "evaluate_checkpoint", "default_run_dir"]
@@ -37,7 +38,12 @@ def build_trainer(
     Writes to ``config.out`` (``None``: nothing written). The model is initialised
     under ``config.seed``.
     """
+    distributed.init_from_env()
+    if not distributed.is_main():  # the main process downloads first; the others read its copy
+        distributed.barrier()
     bundle = load_dataset(config.dataset, config.data_dir, download=download)
+    if distributed.is_main():
+        distributed.barrier()
     model_name = config.model or bundle.defaults.get("model", "small_cnn")
     torch.manual_seed(config.seed)
     model = create_model(model_name, bundle.num_classes, bundle.input_shape, bundle.mean, bundle.std)
@@ -67,19 +73,21 @@ def train(
 
 
 def resume(checkpoint: str | Path, *, epochs: int | None = None, progress: bool = True) -> TrainResult:
-    """Continue the run that wrote ``checkpoint`` exactly where it stopped.
+    """Continue the run that wrote ``checkpoint`` exactly where it stopped (restore, then train).
 
-    ``epochs`` may extend the run. Results go to the checkpoint's folder.
+    ``epochs`` may extend the run. Results go to the checkpoint's folder. In a process
+    group, every process calls it with the same arguments.
     """
-    state = load_checkpoint(checkpoint)
-    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
-        raise ConfigError(f"{str(checkpoint)!r} is not a fairdefense training checkpoint; use --init to fine-tune from weights.")
-    config = TrainConfig.from_dict(state["config"])
+    distributed.init_from_env()
+    config = TrainConfig.from_dict(distributed.broadcast_object(
+        load_training_state(checkpoint, hint="; use --init to fine-tune from weights.")["config"]
+        if distributed.is_main() else None
+    ))
     config.out = str(Path(checkpoint).parent)
     if epochs is not None:
         config.epochs = epochs
     trainer = build_trainer(config, progress=progress)
-    trainer.resume(checkpoint)
+    trainer.restore(checkpoint)
     return trainer.fit()
 
 
@@ -102,9 +110,7 @@ def evaluate_checkpoint(
     FAWA) when there are any, ``"trained"`` the trained weights. ``n_samples`` takes
     the first N test samples. ``progress`` and ``autoattack`` go to :func:`evaluate`.
     """
-    state = load_checkpoint(checkpoint)
-    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
-        raise ConfigError(f"{str(checkpoint)!r} is not a fairdefense training checkpoint.")
+    state = load_training_state(checkpoint)
     config = TrainConfig.from_dict(state["config"])
     meta = state["data"]
     bundle = load_dataset(meta["dataset"], config.data_dir)

@@ -71,6 +71,7 @@ def evaluate(
     losses: bool = False,
     progress: Callable[[Iterable], Iterable] | None = None,
     autoattack: Sequence[str] | None = None,
+    reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> ClassReport:
     """Per-class clean and robust accuracy of ``model`` over ``batches``.
 
@@ -82,6 +83,8 @@ def evaluate(
     ``progress`` wraps the batch iterable (``tqdm``, for instance). ``autoattack``
     names a custom AutoAttack set for the ``"autoattack"`` entry (default: the
     standard version, reduced below 10 classes); it is seeded with ``seed`` too.
+    ``reduce`` maps every count tensor before any rate is formed (data-parallel
+    evaluation: :func:`fairdefense.distributed.all_reduce_sum` over the shards).
     """
     specs = [(name, *parse_attack(name)) for name in attacks]
     num_classes = len(class_names)
@@ -125,6 +128,10 @@ def evaluate(
             worst += torch.bincount(y, weights=all_ok.double(), minlength=num_classes)
     finally:
         model.train(was_training)
+    if reduce is not None:
+        counts, clean, worst = reduce(counts), reduce(clean), reduce(worst)
+        robust = {k: reduce(v) for k, v in robust.items()}
+        loss_sums = {k: reduce(v) for k, v in loss_sums.items()}
     n = counts.where(counts > 0, torch.tensor(float("nan"), dtype=torch.float64, device=device))
     robust_acc = {name: (v / n).cpu() for name, v in robust.items()}
     if len(specs) > 1:

@@ -130,7 +130,7 @@ class BaselineReweight(fairdefense.FairnessPlugin):
         self._ensure(batch.num_classes)
         if self._device_weights is None:
             self._device_weights = self.class_weights().to(outputs.robust)
-        w = batch_mean_weights(self._device_weights, batch.y)
+        w = batch_mean_weights(self._device_weights, batch.y, batch.all_reduce_sum)
         return fairdefense.LossWeights(natural=w if self.options.natural else None, robust=w)
 
     def plugin_state(self) -> dict[str, Tensor] | None:

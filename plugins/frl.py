@@ -66,7 +66,7 @@ Deviations and why:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 from torch import Tensor
@@ -96,14 +96,18 @@ def cost_sensitive_weights(lam: Tensor) -> Tensor:
     return 1.0 / lam.numel() + lam - lam.mean()
 
 
-def batch_mean_weights(class_weights: Tensor, y: Tensor) -> Tensor:
+def batch_mean_weights(class_weights: Tensor, y: Tensor, all_reduce_sum: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Per-sample weights ``w_{y_i} * B / sum_j w_{y_j}``.
 
     With them the trainer's ``mean(w * term)`` is the weighted batch mean
-    ``sum_i w_{y_i} term_i / sum_i w_{y_i}`` of the authors' code.
+    ``sum_i w_{y_i} term_i / sum_i w_{y_i}`` of the authors' code. ``all_reduce_sum``
+    (:meth:`fairdefense.BatchInfo.all_reduce_sum`) makes ``B`` and the sum global.
     """
     w = class_weights[y]
-    return w * (len(y) / w.sum())
+    totals = torch.stack([w.sum(), w.new_tensor(float(len(y)))])
+    if all_reduce_sum is not None:
+        totals = all_reduce_sum(totals)
+    return w * (totals[1] / totals[0])
 
 
 def pooled_mean(values: Tensor, counts: Tensor) -> Tensor:
@@ -256,14 +260,15 @@ class FRL(fairdefense.FairnessPlugin):
             return None
         self._ensure(batch.num_classes)
         mult = self._vectors_like(batch.x)["eps_mult"]
-        return fairdefense.Margins(eps=batch.eps * mult, step=batch.eps_step * mult[batch.y].max())
+        present = batch.all_reduce_sum(torch.bincount(batch.y, minlength=batch.num_classes)) > 0  # global batch
+        return fairdefense.Margins(eps=batch.eps * mult, step=batch.eps_step * mult.masked_fill(~present, -torch.inf).max())
 
     def reweight(self, batch: "fairdefense.BatchInfo", outputs: "fairdefense.BatchOutputs") -> "fairdefense.LossWeights":
         """Weighted batch means of the natural (``w0``) and boundary (``w1``) terms."""
         self._ensure(batch.num_classes)
         vectors = self._vectors_like(outputs.robust)
-        natural = batch_mean_weights(vectors["w0"], batch.y)
-        robust = batch_mean_weights(vectors["w1"], batch.y) if self.reweights_boundary else None
+        natural = batch_mean_weights(vectors["w0"], batch.y, batch.all_reduce_sum)
+        robust = batch_mean_weights(vectors["w1"], batch.y, batch.all_reduce_sum) if self.reweights_boundary else None
         return fairdefense.LossWeights(natural=natural, robust=robust)
 
     def plugin_state(self) -> dict[str, Tensor] | None:

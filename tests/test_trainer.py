@@ -131,7 +131,7 @@ def test_resume_continues_exactly(tmp_path):
     assert load_checkpoint(tmp_path / "b" / "last.pt")["epoch"] == 1  # Ctrl-C left a resumable checkpoint
 
     resumed = build_trainer(TrainConfig(out=str(tmp_path / "b"), **config), [Stateful()], progress=False)
-    resumed.resume(tmp_path / "b" / "last.pt")
+    resumed.restore(tmp_path / "b" / "last.pt")
     result = resumed.fit()
     for (name, a), b in zip(straight.model.state_dict().items(), result.model.state_dict().values()):
         assert torch.equal(a, b), name
