@@ -54,6 +54,10 @@ __all__ = [
 DEFAULT_TIMEOUT = 600.0
 
 
+#: Words of the backends' errors when a peer is lost (gloo, NCCL, the c10d store).
+_PEER_MESSAGES = ("gloo", "NCCL", "ProcessGroup", "Connection reset", "Connection closed", "imed out", "Broken pipe")
+
+
 class PeerFailureError(FairDefenseError, RuntimeError):
     """Another process of the training group died or stopped answering; this one stops too."""
 
@@ -162,8 +166,8 @@ def peer_failures(where: str) -> Iterator[None]:
     """
     try:
         yield
-    except dist.DistError as exc:
-        if not active():
+    except RuntimeError as exc:  # DDP's reducer reports a lost peer as a plain RuntimeError
+        if not (active() and (isinstance(exc, dist.DistError) or any(m in str(exc) for m in _PEER_MESSAGES))):
             raise
         raise PeerFailureError(
             f"rank {rank()} of {world_size()}: another process stopped or stopped answering during {where} "
