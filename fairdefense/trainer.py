@@ -206,7 +206,12 @@ class Trainer:
         self.device = device
         self.clip = clip
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
-        if self.config.sync_bn:
+        if self.config.sync_bn and self.world_size > 1:  # one process: BatchNorm already sees the global batch
+            if device.type == "cpu":
+                raise ConfigError(
+                    "sync_bn needs GPUs: PyTorch's SyncBatchNorm does not run on the CPU. Drop --sync-bn (each "
+                    "process then keeps BatchNorm statistics of its own share; see docs/distributed.md)."
+                )
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(device)
         if self.config.channels_last:
