@@ -182,6 +182,16 @@ def render(args: argparse.Namespace, result: dict[str, Any], minutes: float, inf
     for row in result["traffic"]:
         lines.append(f"| {row['strategy']} | {row['per_step']} B | {row['per_epoch_beyond_steps']} B "
                      f"| {row['gradients_per_step']:,} B |")
+    classes = result["traffic"][0]["classes"]
+    lines += [
+        "",
+        f"{classes} classes. Per step: FAAL's class margin sums ({classes} float32), FRL's classes present "
+        f"({classes} int64) and two weighted-mean normalisers, Baseline Reweight's normaliser. Per epoch: the loss and "
+        "the finite-loss flag every `log_every` batches, the `ClassStats` counts and the validation and test counts "
+        "(float64 per class and attack). AWP also averages its proxy model's gradients every step: one more "
+        "gradient-sized all-reduce, not counted here (in one process it is skipped). DDP's gradient buckets are the "
+        "last column; with BatchNorm, DDP also broadcasts rank 0's buffers at every forward.",
+    ]
     return "\n".join(lines) + "\n"
 
 
