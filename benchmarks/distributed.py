@@ -10,9 +10,10 @@ Three measurements, each on the workloads of ``speed.py``::
    ``DistributedDataParallel`` in a one-process group (gloo on CPU, NCCL on GPU), so
    that every step pays DDP's bucketing and gradient all-reduce. Ratio of the training
    seconds of the last epoch (``train_time``: the batches only), median over repeats.
-2. **N processes.** The same run in ``--procs`` processes (spawned, one GPU each on
-   CUDA; one thread each on CPU) with the same global batch: seconds per epoch and the
-   speed-up over one process. On a CPU machine the processes share its cores.
+2. **N processes.** The same run in 1 and in ``--procs`` processes (spawned alike, one
+   GPU each on CUDA, one thread each on CPU), interleaved repeats, with the same global
+   batch: seconds of the last epoch and the speed-up (median of paired ratios). On a CPU
+   machine the processes share its cores.
 3. **Bytes all-reduced beyond the gradients.** Every call of
    :func:`fairdefense.distributed.all_reduce_sum` / ``all_reduce_min`` is counted in one
    process (they are the identity there, and the same calls every process makes):
@@ -110,6 +111,15 @@ def processes(args: argparse.Namespace, world: int, out: Path) -> float:
     return float(out.read_text())
 
 
+def scaling(args: argparse.Namespace, out: Path) -> dict[int, list[float]]:
+    """Seconds of the last epoch with 1 and ``args.procs`` processes, interleaved repeats."""
+    seconds: dict[int, list[float]] = {1: [], args.procs: []}
+    for r in range(args.repeats):
+        for world in ((1, args.procs) if r % 2 == 0 else (args.procs, 1)):
+            seconds[world].append(processes(args, world, out))
+    return seconds
+
+
 def traffic(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Bytes through the trainer's collectives, per step and per epoch, per strategy (one process)."""
     tally: dict[str, int] = {}
@@ -166,12 +176,12 @@ def render(args: argparse.Namespace, result: dict[str, Any], minutes: float, inf
         "",
         "### 2. N processes, same global batch",
         "",
-        "| processes | s/epoch | speed-up over 1 |",
+        "| processes | s/epoch (median) | speed-up over 1 (median of paired ratios) |",
         "|---|---|---|",
     ]
     one = result["procs"][1]
     for n, s in sorted(result["procs"].items()):
-        lines.append(f"| {n} | {s:.2f} | {one / s:.2f}x |")
+        lines.append(f"| {n} | {median(s):.2f} | {median(paired_ratios(one, s)):.2f}x |")
     lines += [
         "",
         "### 3. Bytes all-reduced beyond the gradients",
@@ -216,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     result: dict[str, Any] = {"ddp": plain_vs_ddp(args)}
     print("plain vs DDP:", result["ddp"])
     out = Path(os.environ.get("TMPDIR", "/tmp")) / f"fairdefense-dist-{os.getpid()}.txt"
-    result["procs"] = {1: median(result["ddp"]["plain"]), args.procs: processes(args, args.procs, out)}
+    result["procs"] = scaling(args, out)
     print("processes:", result["procs"])
     result["traffic"] = traffic(args)
     print("traffic:", result["traffic"])

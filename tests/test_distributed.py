@@ -32,7 +32,9 @@ from torch.utils.data import TensorDataset
 import fairdefense
 from fairdefense import FairnessPlugin, NonFiniteLossError, TrainConfig, Trainer
 from fairdefense import distributed
+from fairdefense.attacks import global_batch
 from fairdefense.checkpoint import load_checkpoint
+from fairdefense.sharding import GlobalBatchSampler
 
 NAMES = ["a", "b", "c"]
 #: 73 samples: 61 train + 12 validation (4 per class) with a validation split, so with
@@ -184,9 +186,46 @@ def _dying_worker(rank: int, port: int, root: str) -> None:
 def group(tmp_path_factory):
     """(one-process results, rank 0 results, rank 1 results, root)."""
     root = tmp_path_factory.mktemp("dist")
-    mp.start_processes(_group_worker, args=(free_port(), str(root)), nprocs=2, start_method="spawn")
-    single = run_all(root / "single")
+    spawned = mp.start_processes(_group_worker, args=(free_port(), str(root)), nprocs=2, start_method="spawn", join=False)
+    single = run_all(root / "single")  # meanwhile, in this process
+    while not spawned.join():
+        pass
     return single, torch.load(root / "rank0.pt", weights_only=False), torch.load(root / "rank1.pt", weights_only=False), root
+
+
+@pytest.mark.parametrize("size, batch, world", [(61, 20, 2), (73, 20, 2), (10, 4, 3), (7, 7, 4), (2, 5, 3)])
+def test_global_batches_are_dealt_in_the_one_process_order_without_loss_or_repeat(size, batch, world):
+    def batches(rank, world_size):
+        g = torch.Generator().manual_seed(5)
+        return list(GlobalBatchSampler(size, batch, rank=rank, world_size=world_size, shuffle=True, generator=g))
+
+    one = batches(0, 1)
+    perm = torch.randperm(size, generator=torch.Generator().manual_seed(5)).tolist()
+    assert one == [perm[i:i + batch] for i in range(0, size, batch)]
+    shares = [batches(r, world) for r in range(world)]
+    windows = [GlobalBatchSampler(size, batch, rank=r, world_size=world).windows() for r in range(world)]
+    for k, whole in enumerate(one):
+        parts = [shares[r][k] for r in range(world)]
+        assert sum(parts, []) == whole  # rank order = batch order: nothing dropped, nothing repeated
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1 and len(parts[0]) >= 1
+        assert [windows[r][k] for r in range(world)] == [(sum(map(len, parts[:r])), len(whole)) for r in range(world)]
+
+
+@pytest.mark.parametrize("norm, start", [("linf", "uniform"), ("linf", "normal"), ("l2", "uniform")])
+def test_a_share_of_a_global_batch_gets_the_start_one_process_gives_it(norm, start):
+    x = torch.rand(5, 1, 4, 4)
+    y = torch.tensor([0, 1, 2, 0, 1])
+    net = model()
+
+    def start_of(inputs, labels):  # zero steps: the attack returns its (projected) start
+        return fairdefense.pgd(net, inputs, labels, 0.1, 0.025, 0, norm=norm, random_start=start,
+                               generator=torch.Generator().manual_seed(9))
+
+    whole = start_of(x, y)
+    with global_batch(2, 5):
+        share = start_of(x[2:4], y[2:4])
+    assert torch.equal(share, whole[2:4])
+    assert not torch.equal(start_of(x[2:4], y[2:4]), whole[2:4])  # without the window: another start
 
 
 def assert_close_states(a: dict, b: dict) -> None:
