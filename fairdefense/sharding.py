@@ -88,9 +88,10 @@ class _Collate:
 class ShardedLoader:
     """A ``DataLoader`` over this rank's shares of the global batches, yielding ``(x, y, window)``.
 
-    Iterating also sets the attack window (:func:`fairdefense.attacks.global_batch`)
-    while each batch is processed, so that code which does not know about windows
-    (:func:`fairdefense.evaluate`) draws global random starts too.
+    :meth:`pairs` yields ``(x, y)`` with the attack window
+    (:func:`fairdefense.attacks.global_batch`) set while each pair is processed, so that
+    code which does not know about windows (:func:`fairdefense.evaluate`) draws global
+    random starts too.
     """
 
     def __init__(
@@ -111,10 +112,10 @@ class ShardedLoader:
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor, tuple[int, int]]]:
         for (x, y), window in zip(self.loader, self.sampler.windows()):
-            with global_batch(*window):
-                yield x, y, window
+            yield x, y, window
 
     def pairs(self) -> Iterator[tuple[Tensor, Tensor]]:
         """``(x, y)`` only, for :func:`fairdefense.evaluate` (the window is set while each is used)."""
-        for x, y, _ in self:
-            yield x, y
+        for x, y, window in self:
+            with global_batch(*window):
+                yield x, y
