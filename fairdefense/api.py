@@ -31,12 +31,13 @@ def default_run_dir(config: TrainConfig, root: str | Path = "runs") -> Path:
 
 
 def build_trainer(
-    config: TrainConfig, plugins: Sequence[Any] = (), *, progress: bool = True, download: bool = True
+    config: TrainConfig, plugins: Sequence[Any] = (), *, progress: bool = True, download: bool = True,
+    overwrite: bool = False,
 ) -> Trainer:
     """Load ``config.dataset``, build ``config.model`` and return a ready :class:`Trainer`.
 
-    Writes to ``config.out`` (``None``: nothing written). The model is initialised
-    under ``config.seed``.
+    Writes to ``config.out`` (``None``: nothing written; a folder holding another run is
+    refused unless ``overwrite``). The model is initialised under ``config.seed``.
     """
     distributed.init_from_env()
     if not distributed.is_main():  # the main process downloads first; the others read its copy
@@ -55,21 +56,23 @@ def build_trainer(
     return Trainer(
         model, bundle.train, bundle.class_names, config, plugins, test_data=bundle.test, clip=tuple(bundle.clip),
         train_targets=bundle.train_targets, augment=bundle.augment, dataset_defaults=bundle.defaults,
-        data_meta=meta, run_dir=config.out, progress=progress,
+        data_meta=meta, run_dir=config.out, progress=progress, overwrite=overwrite,
     )
 
 
 def train(
-    config: TrainConfig | None = None, plugins: Sequence[Any] = (), *, progress: bool = True, **settings: Any
+    config: TrainConfig | None = None, plugins: Sequence[Any] = (), *, progress: bool = True, overwrite: bool = False,
+    **settings: Any,
 ) -> TrainResult:
-    """Train on a named dataset. ``settings`` override fields of ``config``::
+    """Train on a named dataset. ``settings`` override fields of ``config``; ``overwrite``
+    replaces a run already in ``config.out``::
 
         result = fairdefense.train(plugins=["bat"], epochs=5)
         result.report.summary()["pgd20/robust_acc"]
     """
     values = (config or TrainConfig()).to_dict()
     values.update(settings)
-    return build_trainer(TrainConfig.from_dict(values), plugins, progress=progress).fit()
+    return build_trainer(TrainConfig.from_dict(values), plugins, progress=progress, overwrite=overwrite).fit()
 
 
 def resume(checkpoint: str | Path, *, epochs: int | None = None, progress: bool = True) -> TrainResult:

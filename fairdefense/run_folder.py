@@ -8,12 +8,33 @@ command line all go through :class:`RunFolder`.
 
 Only the main process writes: in a data-parallel run every process holds a
 ``RunFolder`` for the same path, and the writing methods do nothing on the other
-ranks (:func:`fairdefense.distributed.is_main`). Checkpoints are written atomically
-(:func:`fairdefense.checkpoint.save_checkpoint`).
+ranks (:func:`fairdefense.distributed.is_main`). Every file is written whole: to a
+temporary file in the folder, flushed, then renamed over the target
+(:func:`fairdefense.checkpoint.save_checkpoint` for checkpoints), so a crash or a full
+disk leaves the previous version, never a cut one.
+
+A training run claims its folder with :meth:`RunFolder.open` and frees it with
+:meth:`RunFolder.close`:
+
+- a folder that already holds a run (``config.json``, ``metrics.jsonl``, ``last.pt``
+  or ``best.pt``) is refused unless the run is resumed (its checkpoint was restored)
+  or ``overwrite`` is asked, which removes the old run's files first;
+- a lock file, :data:`LOCK`, names the process that holds the folder for the run's
+  life; a second training into the folder is refused with that process's name. A
+  lock left by a process that no longer runs (same machine), or by the previous
+  attempt of a ``torchrun`` job that restarted, is stale and taken over;
+- temporary files left by a write that was killed are removed.
 """
 from __future__ import annotations
 
+import datetime
 import json
+import math
+import os
+import socket
+import tempfile
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +42,12 @@ from fairdefense import distributed
 from fairdefense.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from fairdefense.errors import ConfigError
 
-__all__ = ["RunFolder", "REPORT_FILES", "CHECKPOINTS", "load_training_state", "is_training_state"]
+__all__ = ["RunFolder", "REPORT_FILES", "CHECKPOINTS", "LOCK", "load_training_state", "is_training_state"]
+
+#: The lock file of a run folder in use.
+LOCK = ".fairdefense.lock"
+#: Seconds after which an unreadable lock file (its writer died while writing it) is stale.
+_UNREADABLE_LOCK_AGE = 10.0
 
 #: The files a report writes into its folder.
 REPORT_FILES = ("metrics.json", "report.md", "classwise.png", "curves.png")
@@ -52,6 +78,7 @@ class RunFolder:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._locked = False
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
@@ -98,19 +125,36 @@ class RunFolder:
             raise ConfigError(f"{str(self.path)!r} has no {self.CONFIG}; give a fairdefense run folder.")
         return json.loads(self.config_file.read_text())
 
+    @property
+    def lock_file(self) -> Path:
+        return self.path / LOCK
+
+    def run_files(self) -> list[Path]:
+        """The files of a run this folder holds (config, history, checkpoints)."""
+        names = [self.CONFIG, self.HISTORY] + [f"{which}.pt" for which in CHECKPOINTS]
+        return [self.path / name for name in names if (self.path / name).is_file()]
+
     def read_history(self) -> list[dict[str, Any]]:
-        """The epochs of ``metrics.jsonl`` in order (an epoch logged twice keeps its last line)."""
+        """The epochs of ``metrics.jsonl`` in order (an epoch logged twice keeps its last line).
+
+        A damaged last line (a write cut by a crash, from a version that appended in
+        place) is skipped with a warning; a damaged line before it is an error naming it.
+        """
         path = self.history_file
         if not path.is_file():
             return []
+        lines = [(n, line) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
         by_epoch: dict[int, dict[str, Any]] = {}
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ConfigError(f"{str(path)!r} line {number} is not JSON: {exc}") from exc
-                by_epoch[int(entry["epoch"])] = entry
+        for number, line in lines:
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as exc:
+                if number == lines[-1][0]:
+                    warnings.warn(f"{str(path)!r}: the last line ({number}) is damaged and was skipped: {exc}",
+                                  stacklevel=2)
+                    break
+                raise ConfigError(f"{str(path)!r} line {number} is not JSON: {exc}") from exc
+            by_epoch[int(entry["epoch"])] = entry
         return [by_epoch[e] for e in sorted(by_epoch)]
 
     def load(self, which: str = "last", map_location: Any = "cpu") -> dict[str, Any]:
@@ -122,13 +166,92 @@ class RunFolder:
         """Create the folder and write ``config.json`` (main process only)."""
         if distributed.is_main():
             self.path.mkdir(parents=True, exist_ok=True)
-            self.config_file.write_text(json.dumps(config, indent=2, default=str))
+            _write_whole(self.config_file, json.dumps(_strict(config), indent=2, default=str, allow_nan=False))
+
+    # ------------------------------------------------------------ claim, free
+    def open(self, *, resume: bool = False, overwrite: bool = False) -> None:
+        """Claim the folder for a training run (main process only; see the module docstring).
+
+        ``resume``: the run continues the one in the folder. ``overwrite``: a run in the
+        folder is replaced (its files are removed). Raises :class:`ConfigError` when the
+        folder holds another run or is in use.
+        """
+        if not distributed.is_main():
+            return
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"the run folder {str(self.path)!r} is a file; give a folder for --out.")
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        try:
+            for orphan in self.path.glob(".*.tmp"):
+                orphan.unlink(missing_ok=True)
+            held = self.run_files()
+            if held and not resume:
+                if not overwrite:
+                    raise ConfigError(
+                        f"{str(self.path)!r} already holds a run ({', '.join(p.name for p in held)}). Continue it "
+                        f"with --resume {self.last} (Python: fairdefense.resume), start afresh with --overwrite "
+                        f"(its files are removed), or choose another --out."
+                    )
+                for path in held + [self.path / name for name in REPORT_FILES]:
+                    path.unlink(missing_ok=True)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Free the folder (removes the lock this object holds; nothing otherwise)."""
+        if self._locked:
+            self.lock_file.unlink(missing_ok=True)
+            self._locked = False
+
+    def _lock(self) -> None:
+        holder: dict[str, Any] = {
+            "pid": os.getpid(), "host": socket.gethostname(), "run_id": os.environ.get("TORCHELASTIC_RUN_ID"),
+            "started": datetime.datetime.now().isoformat(timespec="seconds"),
+        }
+        for _ in range(3):
+            try:
+                fd = os.open(self.lock_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                other = self._lock_holder()
+                if other is not None and not _stale(other, holder):
+                    raise ConfigError(
+                        f"{str(self.path)!r} is in use by another training: process {other.get('pid')} on "
+                        f"{other.get('host')}, since {other.get('started')}. Wait for it to finish or choose another "
+                        f"--out; if that process no longer runs, delete {self.lock_file}."
+                    ) from None
+                self.lock_file.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(holder, f)
+            self._locked = True
+            return
+        raise ConfigError(f"could not take the lock {self.lock_file}: other processes keep taking it; retry.")
+
+    def _lock_holder(self) -> dict[str, Any] | None:
+        """The lock's holder; ``None`` when the lock file is unreadable and old (stale)."""
+        try:
+            return json.loads(self.lock_file.read_text())
+        except (OSError, ValueError):
+            try:
+                young = time.time() - self.lock_file.stat().st_mtime < _UNREADABLE_LOCK_AGE
+            except OSError:
+                return None
+            return {"pid": "?", "host": "?", "started": "just now"} if young else None
 
     def append_history(self, entry: dict[str, Any]) -> None:
-        """Append one epoch's line to ``metrics.jsonl`` (main process only)."""
-        if distributed.is_main():
-            with open(self.history_file, "a") as f:
-                f.write(json.dumps(entry) + "\n")
+        """Add one epoch's line to ``metrics.jsonl`` (main process only).
+
+        The line is strict JSON (NaN and infinities, e.g. the accuracy of a class absent
+        from a split, become ``null``) and the file is rewritten whole, so that every
+        line stays readable whatever happens during the write.
+        """
+        if not distributed.is_main():
+            return
+        lines = [json.dumps(e, allow_nan=False) for e in self.read_history()]
+        lines.append(json.dumps(_strict(entry), allow_nan=False))
+        _write_whole(self.history_file, "\n".join(lines) + "\n")
 
     def save(self, state: dict[str, Any], which: str = "last") -> Path:
         """Write a checkpoint atomically (main process only); returns its path."""
@@ -165,3 +288,45 @@ class RunFolder:
                 )
             return path, cls(path.parent)
         raise ConfigError(f"{str(path)!r} is neither a run folder nor a checkpoint file.")
+
+
+def _stale(holder: dict[str, Any], me: dict[str, Any]) -> bool:
+    """Whether a lock held by ``holder`` may be taken over by ``me``."""
+    if holder.get("run_id") is not None and holder.get("run_id") == me["run_id"] and distributed.restart_count() > 0:
+        return True  # the previous attempt of this restarted torchrun job
+    if holder.get("host") != me["host"] or not isinstance(holder.get("pid"), int):
+        return False
+    if holder["pid"] == me["pid"]:
+        return True  # this process, e.g. after an interrupted fit
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _strict(value: Any) -> Any:
+    """``value`` with NaN and infinite floats (nested in dicts and lists) replaced by ``None``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
+
+
+def _write_whole(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, flushed and renamed over it."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

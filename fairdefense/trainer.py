@@ -167,8 +167,12 @@ class Trainer:
     augment:
         Per-sample augmentation of training inputs (not applied to the validation split).
     run_dir:
-        Folder for ``config.json``, ``metrics.jsonl`` and checkpoints (``None``: nothing
-        written); see :class:`~fairdefense.run_folder.RunFolder`.
+        Folder for ``config.json``, ``metrics.jsonl`` and checkpoints; defaults to
+        ``config.out`` (``None``: nothing written); see :class:`~fairdefense.run_folder.RunFolder`.
+        A folder that holds another run is refused unless the run is resumed
+        (:meth:`restore`) or ``overwrite`` is set.
+    overwrite:
+        Replace a run already in ``run_dir`` (its files are removed when training starts).
 
     In a process group (``torchrun``, or one the caller initialised), each process
     builds the same ``Trainer``; the process group is joined from ``torchrun``'s
@@ -193,6 +197,7 @@ class Trainer:
         data_meta: dict[str, Any] | None = None,
         run_dir: str | Path | None = None,
         progress: bool = True,
+        overwrite: bool = False,
     ) -> None:
         distributed.init_from_env()
         self.class_names = [str(c) for c in class_names]
@@ -229,7 +234,10 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.config.amp == "fp16")
         self.objective = make_objective(self.config.objective, self.config.beta)
         self.progress = progress
+        run_dir = run_dir if run_dir is not None else self.config.out
         self.folder: RunFolder | None = RunFolder(run_dir) if run_dir is not None else None
+        self.overwrite = overwrite
+        self._continues = False  # whether this trainer's state continues the run in its folder
         self.data_meta = dict(data_meta or {})
 
         targets = train_targets if train_targets is not None else _targets_of(train_data)
@@ -524,15 +532,27 @@ class Trainer:
 
     # ---------------------------------------------------------------- running
     def _start_folder(self) -> None:
-        """Write ``config.json`` and the epoch-0 checkpoint; after an elastic restart, restore ``last.pt``."""
+        """Claim the run folder, write ``config.json`` and the epoch-0 checkpoint; after an
+        elastic restart, restore ``last.pt`` first. Every process raises the main process's refusal."""
         folder = self.folder
-        has_last = distributed.broadcast_object(folder.has_checkpoint("last") if distributed.is_main() else None)
-        if has_last and self.epoch == 0 and distributed.restart_count() > 0:
+        main = distributed.is_main()
+        restarted = distributed.restart_count() > 0 and not self._continues
+        if restarted and distributed.broadcast_object(folder.has_checkpoint("last") if main else None):
             self.restore(folder.last)
-            if distributed.is_main():
+            if main:
                 print(f"restart {distributed.restart_count()}: resumed from {folder.last} (epoch {self.epoch})")
+        problem = None
+        if main:
+            try:
+                folder.open(resume=self._continues, overwrite=self.overwrite)
+            except ConfigError as exc:
+                problem = str(exc)
+        problem = distributed.broadcast_object(problem)
+        if problem is not None:
+            raise ConfigError(problem)
+        self._continues = True
         folder.write_config(self.config.to_dict())
-        if not has_last:
+        if not distributed.broadcast_object(folder.has_checkpoint("last") if main else None):
             self.save(folder.last)
 
     def fit(self) -> TrainResult:
@@ -546,6 +566,13 @@ class Trainer:
         """
         if self.folder is not None:
             self._start_folder()
+        try:
+            return self._fit()
+        finally:
+            if self.folder is not None:
+                self.folder.close()
+
+    def _fit(self) -> TrainResult:
         before = None
         if self.epoch == 0 and self.config.validate_first and self.val_data is not None:
             before = self._validate(self._epoch_info(-1)).to_dict()
@@ -653,6 +680,7 @@ class Trainer:
         self.best_score = float(state["best_score"])
         self.best_epoch = state["best_epoch"]
         self.history = list(state["history"])
+        self._continues = True
 
 
 def _to_device(obj: Any, device: torch.device) -> Any:

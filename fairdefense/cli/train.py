@@ -63,7 +63,9 @@ def add_parser(sub) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--init", metavar="CKPT", help="fine-tune from these weights (checkpoint or state_dict)")
     p.add_argument("--resume", metavar="CKPT", help="continue an interrupted run exactly")
-    p.add_argument("--out", metavar="DIR", help="run folder (default runs/<dataset>-<plugins>-<objective>-s<seed>)")
+    p.add_argument("--out", metavar="DIR", help="run folder (default runs/<dataset>-<plugins>-<objective>-s<seed>); "
+                   "one that holds a run is refused unless --resume or --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --out (its files are removed)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -106,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
 
             print(config_to_toml(resolve_offline(config)))
             return 0
-        trainer = build_trainer(config, progress=progress)
+        trainer = build_trainer(config, progress=progress, overwrite=args.overwrite)
         if trainer.run_dir is None:  # chosen by the main process: numbering must not race
             trainer.run_dir = distributed.broadcast_object(default_run_dir(trainer.config) if main else None)
         if main:
