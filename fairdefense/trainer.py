@@ -43,7 +43,7 @@ from fairdefense.data.splits import per_class_split
 from fairdefense.run_folder import RunFolder, is_training_state, load_training_state
 from fairdefense.sharding import ShardedLoader
 
-__all__ = ["Trainer", "TrainResult", "load_weights", "resolve_run"]
+__all__ = ["Trainer", "TrainResult", "StepOutput", "load_weights", "resolve_run"]
 
 
 @dataclass

@@ -15,6 +15,7 @@ global normalisation or start moves weights by 1e-3 or more here).
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -335,11 +336,18 @@ def test_torchrun_restart_resumes_from_last_checkpoint(group, tmp_path):
                                      result=str(tmp_path / "result.pt")))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "FAIRDEFENSE_DIST_BACKEND": "gloo"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--max-restarts", "1",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--max-restarts", "3",
          "--monitor-interval", "0.5", str(script)], env=env, capture_output=True, text=True, timeout=180,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "restart 1: resumed from" in proc.stdout
+    # under load, gloo's reconnection of a restarted group sometimes fails once more: a restart may take two tries
+    assert re.search(r"restart \d: resumed from .*last.pt \(epoch 1\)", proc.stdout), proc.stdout
     result = torch.load(tmp_path / "result.pt", weights_only=True)
     assert result["epochs"] == 2
     assert_close_states(rank0["at"]["weights"], result["weights"])
+
+
+def test_python_m_fairdefense_is_the_command_torchrun_runs():
+    out = subprocess.run([sys.executable, "-m", "fairdefense", "train", "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and "--sync-bn" in out.stdout and "--dist-timeout" in out.stdout
