@@ -129,9 +129,25 @@ def summary(trainer_: Trainer, result: fairdefense.TrainResult) -> dict:
             "history": result.history, "best_epoch": result.best_epoch}
 
 
+def art_weights() -> dict:
+    """FAAL through the ART adapter, 2 epochs: the user's module's weights afterwards."""
+    from art.estimators.classification import PyTorchClassifier
+
+    from fairdefense.art import FairAdversarialTrainer
+
+    net = model()
+    clf = PyTorchClassifier(net, nn.CrossEntropyLoss(), (1, 4, 4), 3, clip_values=(0.0, 1.0),
+                            optimizer=torch.optim.SGD(net.parameters(), lr=0.05))
+    x, y = data().tensors
+    FairAdversarialTrainer(clf, plugins=["faal"], eps=0.1, eps_step=0.025, max_iter=2, progress=False).fit(
+        x.numpy(), y.numpy(), nb_epochs=2, batch_size=20)
+    return {k: v.clone() for k, v in net.state_dict().items()}
+
+
 def run_all(root: Path) -> dict:
-    """Every case, the interrupted + resumed run and the NaN run, in this process's group."""
+    """Every case, the ART adapter, the interrupted + resumed run and the NaN run, in this process's group."""
     out = {case: summary(*fit(trainer(case, root / case))) for case in CASES}
+    out["art"] = art_weights()
     interrupted = trainer("at", root / "resumed", [Interrupt(at=1)])
     with pytest.raises(KeyboardInterrupt):
         interrupted.fit()
@@ -243,6 +259,13 @@ def test_two_processes_train_the_one_process_weights(group, case):
         assert torch.equal(value, rank1[case]["weights"][name]), name
     for name, value in rank0[case]["eval"].items():  # EMA / FAWA identical on every rank
         assert torch.equal(value, rank1[case]["eval"][name]), name
+
+
+def test_the_art_adapter_trains_the_one_process_weights_in_a_group(group):
+    single, rank0, rank1, _ = group
+    assert_close_states(single["art"], rank0["art"])
+    for name, value in rank0["art"].items():
+        assert torch.equal(value, rank1["art"][name]), name
 
 
 @pytest.mark.parametrize("case", list(CASES))
