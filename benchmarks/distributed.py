@@ -172,7 +172,8 @@ def render(args: argparse.Namespace, result: dict[str, Any], minutes: float, inf
         "",
         "| repeats | plain s/epoch | DDP s/epoch | DDP / plain (median of paired ratios) | backend |",
         "|---|---|---|---|---|",
-        f"| {len(d['plain'])} | {median(d['plain']):.2f} | {median(d['ddp']):.2f} | {d['ratio']:.3f}x | {d['backend']} |",
+        f"| {len(d['plain'])} | {median(d['plain']):.2f} | {median(d['ddp']):.2f} | {d['ratio']:.3f}x "
+        f"| {d['backend']} |",
         "",
         "### 2. N processes, same global batch",
         "",

@@ -99,7 +99,8 @@ class ShardedLoader:
         generator: torch.Generator | None = None, workers: int = 0, pin_memory: bool = False,
     ) -> None:
         self.sampler = GlobalBatchSampler(
-            len(data), batch_size, rank=rank, world_size=world_size, shuffle=shuffle, generator=generator  # type: ignore[arg-type]
+            len(data), batch_size, rank=rank, world_size=world_size,  # type: ignore[arg-type]
+            shuffle=shuffle, generator=generator,
         )
         example = torch.as_tensor(data[0][0])
         self.loader = DataLoader(

@@ -353,7 +353,9 @@ class Trainer:
         finally:
             self.model.train()
 
-    def _outputs(self, x: Tensor, y: Tensor, x_adv: Tensor, x_natural: Tensor | None, eps, record) -> tuple[Terms, BatchOutputs]:
+    def _outputs(
+        self, x: Tensor, y: Tensor, x_adv: Tensor, x_natural: Tensor | None, eps, record
+    ) -> tuple[Terms, BatchOutputs]:
         """The objective's forward passes through ``train_net`` and what the hooks receive."""
         terms = self.objective.terms(self.train_net, x, y, x_adv, x_natural)
         outputs = BatchOutputs(
@@ -479,7 +481,8 @@ class Trainer:
             out = self.step(epoch, index, x, y, window)
             stats.update(y, out.logits_adv, out.logits_clean)
             loss_sum += out.loss
-            first_bad = torch.where(out.finite, first_bad, torch.minimum(first_bad, torch.tensor(index, device=self.device)))
+            here = torch.tensor(index, device=self.device)
+            first_bad = torch.where(out.finite, first_bad, torch.minimum(first_bad, here))
             steps_sum += out.attack_steps
             n_batches += 1
             n_samples += window[1]

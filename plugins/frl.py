@@ -96,7 +96,9 @@ def cost_sensitive_weights(lam: Tensor) -> Tensor:
     return 1.0 / lam.numel() + lam - lam.mean()
 
 
-def batch_mean_weights(class_weights: Tensor, y: Tensor, all_reduce_sum: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+def batch_mean_weights(
+    class_weights: Tensor, y: Tensor, all_reduce_sum: Callable[[Tensor], Tensor] | None = None
+) -> Tensor:
     """Per-sample weights ``w_{y_i} * B / sum_j w_{y_j}``.
 
     With them the trainer's ``mean(w * term)`` is the weighted batch mean
@@ -261,7 +263,8 @@ class FRL(fairdefense.FairnessPlugin):
         self._ensure(batch.num_classes)
         mult = self._vectors_like(batch.x)["eps_mult"]
         present = batch.all_reduce_sum(torch.bincount(batch.y, minlength=batch.num_classes)) > 0  # global batch
-        return fairdefense.Margins(eps=batch.eps * mult, step=batch.eps_step * mult.masked_fill(~present, -torch.inf).max())
+        step = batch.eps_step * mult.masked_fill(~present, -torch.inf).max()
+        return fairdefense.Margins(eps=batch.eps * mult, step=step)
 
     def reweight(self, batch: "fairdefense.BatchInfo", outputs: "fairdefense.BatchOutputs") -> "fairdefense.LossWeights":
         """Weighted batch means of the natural (``w0``) and boundary (``w1``) terms."""

@@ -203,11 +203,13 @@ def _dying_worker(rank: int, port: int, root: str) -> None:
 def group(tmp_path_factory):
     """(one-process results, rank 0 results, rank 1 results, root)."""
     root = tmp_path_factory.mktemp("dist")
-    spawned = mp.start_processes(_group_worker, args=(free_port(), str(root)), nprocs=2, start_method="spawn", join=False)
+    spawned = mp.start_processes(_group_worker, args=(free_port(), str(root)), nprocs=2, start_method="spawn",
+                                 join=False)
     single = run_all(root / "single")  # meanwhile, in this process
     while not spawned.join():
         pass
-    return single, torch.load(root / "rank0.pt", weights_only=False), torch.load(root / "rank1.pt", weights_only=False), root
+    ranks = [torch.load(root / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    return single, ranks[0], ranks[1], root
 
 
 @pytest.mark.parametrize("size, batch, world", [(61, 20, 2), (73, 20, 2), (10, 4, 3), (7, 7, 4), (2, 5, 3)])

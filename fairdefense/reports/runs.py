@@ -2,7 +2,8 @@
 
 A run folder (written by :class:`~fairdefense.trainer.Trainer`) holds
 ``config.json``, ``metrics.jsonl`` (one line per epoch), ``last.pt`` and, with
-``select_best``, ``best.pt``. The report files are :data:`REPORT_FILES`.
+``select_best``, ``best.pt``; :class:`~fairdefense.run_folder.RunFolder` knows their
+names and formats. The report files are :data:`REPORT_FILES`.
 """
 from __future__ import annotations
 
