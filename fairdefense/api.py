@@ -1,6 +1,7 @@
 """High-level entry points: train on a named dataset, resume a run, evaluate a checkpoint."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -17,7 +18,7 @@ from fairdefense.models import create_model
 from fairdefense.run_folder import load_training_state
 from fairdefense.trainer import Trainer, TrainResult
 
-__all__ = ["build_trainer", "train", "resume", "evaluate_checkpoint", "default_run_dir"]
+__all__ = ["build_trainer", "train", "resume", "evaluate_checkpoint", "default_run_dir", "RESUMABLE"]
 
 
 def default_run_dir(config: TrainConfig, root: str | Path = "runs") -> Path:
@@ -75,20 +76,53 @@ def train(
     return build_trainer(TrainConfig.from_dict(values), plugins, progress=progress, overwrite=overwrite).fit()
 
 
-def resume(checkpoint: str | Path, *, epochs: int | None = None, progress: bool = True) -> TrainResult:
+#: Settings a resumed run may change; every other setting is part of the run being continued.
+RESUMABLE = ("epochs", "workers", "device", "log_every", "eval_every", "eval_attacks", "data_dir")
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as they would be recorded in ``config.json`` (tuples and lists alike)."""
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def resume(checkpoint: str | Path, *, progress: bool = True, **settings: Any) -> TrainResult:
     """Continue the run that wrote ``checkpoint`` exactly where it stopped (restore, then train).
 
-    ``epochs`` may extend the run. Results go to the checkpoint's folder. In a process
-    group, every process calls it with the same arguments.
+    ``settings`` may change the settings in :data:`RESUMABLE` (``epochs`` extends the
+    run); they are recorded in ``config.json``. Any other setting given must equal the
+    checkpoint's: a different value (another plugin, learning rate, ...) is refused,
+    naming it. A run that has done all its epochs is refused too (extend it with
+    ``epochs``). Results go to the checkpoint's folder. In a process group, every
+    process calls it with the same arguments.
     """
     distributed.init_from_env()
-    config = TrainConfig.from_dict(distributed.broadcast_object(
-        load_training_state(checkpoint, hint="; use --init to fine-tune from weights.")["config"]
-        if distributed.is_main() else None
-    ))
-    config.out = str(Path(checkpoint).parent)
-    if epochs is not None:
-        config.epochs = epochs
+    state = distributed.broadcast_object(
+        {k: v for k, v in load_training_state(checkpoint, hint="; use --init to fine-tune from weights.").items()
+         if k in ("config", "epoch")} if distributed.is_main() else None
+    )
+    recorded = state["config"]
+    folder = Path(checkpoint).parent
+    out = settings.pop("out", None)
+    if out is not None and Path(out).resolve() != folder.resolve():
+        raise ConfigError(f"a resumed run goes on in its own folder {str(folder)!r}; drop --out {out} "
+                          f"(or copy the folder there and resume from the copy).")
+    contradicting = [
+        f"{key}={value!r} (the run has {recorded.get(key)!r})" for key, value in settings.items()
+        if key not in RESUMABLE and not _same(value, recorded.get(key))
+    ]
+    if contradicting:
+        raise ConfigError(
+            f"{str(checkpoint)!r} is resumed with its own settings; these contradict it: {', '.join(contradicting)}. "
+            f"Drop them, or start a new run (--init {checkpoint} fine-tunes from its weights). "
+            f"A resumed run may change only {', '.join(RESUMABLE)}."
+        )
+    config = TrainConfig.from_dict({**recorded, **{k: v for k, v in settings.items() if k in RESUMABLE}})
+    config.out = str(folder)
+    if int(state["epoch"]) >= config.epochs:
+        raise ConfigError(
+            f"{str(checkpoint)!r} has done all {config.epochs} epochs of its run: nothing to do. "
+            f"Extend it with --epochs N (N > {config.epochs}), or evaluate it with: fairdefense evaluate {folder}"
+        )
     trainer = build_trainer(config, progress=progress)
     trainer.restore(checkpoint)
     return trainer.fit()

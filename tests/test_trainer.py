@@ -353,3 +353,23 @@ def test_history_lines_are_strict_json_and_a_cut_last_line_is_reported(tmp_path)
     (tmp_path / "metrics.jsonl").write_text('{"epoch": 1\n{"epoch": 2}\n')
     with pytest.raises(ConfigError, match="line 1 is not JSON"):
         folder.read_history()
+
+
+def test_resume_refuses_contradicting_settings_and_a_finished_run_alike_in_cli_and_api(tmp_path, capsys):
+    from fairdefense.cli import main
+
+    fairdefense.train(TrainConfig(epochs=1, out=str(tmp_path), **FAST), progress=False)
+    ckpt = str(tmp_path / "last.pt")
+    assert main(["train", "--resume", ckpt, "--plugin", "bat", "--lr", "5", "--epochs", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "plugins=('bat',) (the run has [])" in err and "lr=5.0 (the run has" in err
+    with pytest.raises(ConfigError, match=r"contradict it: lr=5\.0 \(the run has"):
+        fairdefense.resume(ckpt, lr=5.0, epochs=2, progress=False)
+    with pytest.raises(ConfigError, match=r"done all 1 epochs of its run: nothing to do. Extend it with --epochs"):
+        fairdefense.resume(ckpt, progress=False)
+    assert [e["epoch"] for e in read_history(tmp_path)] == [1]  # refused runs touched nothing
+    # settings equal to the run's, and the ones a resumed run may change, are accepted and recorded
+    args = ["train", "--resume", ckpt, "--epochs", "2", "--attack-steps", "1", "--workers", "0", "--log-every", "7"]
+    assert main(args + ["--no-progress"]) == 0
+    assert [e["epoch"] for e in read_history(tmp_path)] == [1, 2]
+    assert RunFolder(tmp_path).read_config()["log_every"] == 7

@@ -69,11 +69,9 @@ def add_parser(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _config(args: argparse.Namespace):
-    """The TrainConfig of the command line: the recipe's settings (if any) with the flags on top."""
-    from fairdefense.config import TrainConfig
-
-    given = {
+def _given(args: argparse.Namespace) -> dict:
+    """The settings of the command line's flags (``None`` where a flag was not given)."""
+    return {
         "dataset": args.dataset, "data_dir": args.data_dir, "model": args.model, "objective": args.objective,
         "beta": args.beta, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
         "schedule": args.schedule, "eps": args.eps, "eps_step": args.eps_step, "attack_steps": args.attack_steps,
@@ -83,6 +81,13 @@ def _config(args: argparse.Namespace):
         "device": args.device, "init": args.init, "out": args.out,
         "plugins": tuple(args.plugin) or None, "plugin_options": parse_plugin_options(args.option) or None,
     }
+
+
+def _config(args: argparse.Namespace):
+    """The TrainConfig of the command line: the recipe's settings (if any) with the flags on top."""
+    from fairdefense.config import TrainConfig
+
+    given = _given(args)
     if args.recipe:
         from fairdefense.recipes import recipe_config
 
@@ -100,7 +105,10 @@ def run(args: argparse.Namespace) -> int:
     main = distributed.is_main()
     progress = not args.no_progress
     if args.resume:
-        result = resume(args.resume, epochs=args.epochs, progress=progress)
+        if args.recipe:
+            raise ConfigError("--recipe starts a run; --resume continues one with its own settings: drop one of them.")
+        changes = {k: v for k, v in _given(args).items() if v is not None}
+        result = resume(args.resume, progress=progress, **changes)
     else:
         config = _config(args)
         if args.dry_run:
