@@ -32,14 +32,13 @@ import json
 import math
 import os
 import socket
-import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 from fairdefense import distributed
-from fairdefense.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from fairdefense.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint, write_atomic
 from fairdefense.errors import ConfigError
 
 __all__ = ["RunFolder", "REPORT_FILES", "CHECKPOINTS", "LOCK", "load_training_state", "is_training_state"]
@@ -319,17 +318,5 @@ def _strict(value: Any) -> Any:
 
 
 def _write_whole(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, flushed and renamed over it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # the permissions of a plainly created file, not mkstemp's 0600
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``text`` to ``path`` whole (:func:`~fairdefense.checkpoint.write_atomic`)."""
+    write_atomic(path, lambda f: f.write(text.encode()))

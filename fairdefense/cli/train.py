@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from typing import Sequence
 
 from fairdefense.errors import ConfigError
@@ -96,6 +98,19 @@ def _config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from fairdefense import distributed
+
+    try:
+        return _run(args)
+    except distributed.PeerFailureError as exc:
+        # a group that lost a peer cannot be torn down cleanly (gloo and NCCL may abort the process at
+        # exit): say why, then leave at once with the CLI's error status
+        print(f"fairdefense train: error: {exc}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(2)
+
+
+def _run(args: argparse.Namespace) -> int:
     from fairdefense import distributed
     from fairdefense.api import build_trainer, default_run_dir, resume
     from fairdefense.report import format_report
