@@ -8,9 +8,11 @@ Tolerance of the weight comparison: the 2-process gradient is the sum of two
 shard gradients, each a float32 sum over half the batch, where one process sums
 over the whole batch at once; the same numbers in another order. Rounding differs
 by a few float32 ulps (1.2e-7 relative) per step, and 2 epochs of 4 steps compound
-it: measured differences are below 1e-6; the tolerance (atol 2e-5, rtol 1e-4) sits
-far below the effect of any wiring error (a dropped sample, a local instead of
-global normalisation or start moves weights by 1e-3 or more here).
+it: the largest difference measured over all cases is 6e-8 (weights of order 0.1).
+The tolerance (atol 1e-6, rtol 1e-5) leaves a margin of 15x for other machines and
+BLAS builds and sits far below the effect of a wiring error (FAAL's margin sums taken
+over the local batch, or random starts drawn for the local batch, moved the weights by
+more than 2e-5 when tried).
 """
 from __future__ import annotations
 
@@ -54,7 +56,7 @@ CASES = {
     "ema": ({"select_best": True}, ["ema"]),
     "awp": ({}, ["awp"]),
 }
-ATOL, RTOL = 2e-5, 1e-4
+ATOL, RTOL = 1e-6, 1e-5
 
 
 def data(n: int = N_SAMPLES, seed: int = 0) -> TensorDataset:
