@@ -32,14 +32,14 @@ from tqdm.auto import tqdm
 from fairdefense import distributed
 from fairdefense.attacks import AttackRecord, global_batch, pgd, pgd_early_stop
 from fairdefense.checkpoint import FORMAT_VERSION, load_checkpoint, rng_state, save_checkpoint, set_rng_state, versions
-from fairdefense.config import TrainConfig, resolve
+from fairdefense.config import TrainConfig, resolve, select_device
 from fairdefense.context import BatchInfo, BatchOutputs, EpochInfo, Margins, RunInfo
 from fairdefense.errors import ConfigError, NonFiniteLossError
 from fairdefense.evaluation import evaluate
 from fairdefense.manager import PluginHost
 from fairdefense.metrics import ClassReport, ClassStats, summarize
 from fairdefense.objectives import Terms, make_objective
-from fairdefense.data.splits import per_class_split
+from fairdefense.splits import per_class_split
 from fairdefense.run_folder import RunFolder, is_training_state, load_training_state
 from fairdefense.sharding import ShardedLoader
 
@@ -127,7 +127,7 @@ def resolve_run(
     their ``configure`` hooks fill unset fields, then ``dataset_defaults``, then the
     library's defaults. Returns the resolved config, the plugin host and the run info."""
     config = copy.deepcopy(config)
-    device = distributed.local_device(torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu")))
+    device = distributed.local_device(select_device(config.device))
     host = PluginHost(list(config.plugins) + list(plugins), config.plugin_options)
     config.plugins = tuple(host.plugins)
     run = RunInfo(len(class_names), [str(c) for c in class_names], config, device)
@@ -502,7 +502,7 @@ class Trainer:
             if isinstance(getattr(stats, f.name), Tensor):
                 setattr(stats, f.name, distributed.all_reduce_sum(getattr(stats, f.name)))
         self._sync_buffers()
-        self.host.notify("on_epoch_end", epoch=info, train_stats=stats)
+        logged = self.host.on_epoch_end(info, stats)
         entry: dict[str, Any] = {
             "epoch": epoch + 1,
             "lr": info.lr,
@@ -516,6 +516,8 @@ class Trainer:
                 "summary": {"robust_acc": summarize(stats.robust_acc, False)},
             },
         }
+        if logged:
+            entry["plugins"] = logged
         report = self._validate(info) if self.val_data is not None else None
         if report is not None:
             entry["val"] = report.to_dict()

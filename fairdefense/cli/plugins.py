@@ -8,7 +8,7 @@ __all__ = ["add_parser", "run"]
 
 def add_parser(sub) -> None:
     pl = sub.add_parser("plugins", help="list installed plugins")
-    pl.add_argument("filter", nargs="?", help="only names containing this")
+    pl.add_argument("filter", nargs="?", help="only names containing this (case-insensitive), or matching it if it has * ? [...]")
 
 
 def run(args: argparse.Namespace) -> int:
