@@ -1,20 +1,22 @@
 """High-level entry points: train on a named dataset, resume a run, evaluate a checkpoint."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from fairdefense.checkpoint import FORMAT_VERSION, load_checkpoint
+from fairdefense import distributed
 from fairdefense.config import TrainConfig
 from fairdefense.data import load_dataset
 from fairdefense.errors import ConfigError
 from fairdefense.metrics import ClassReport
 from fairdefense.models import create_model
+from fairdefense.run_folder import load_training_state
 from fairdefense.trainer import Trainer, TrainResult
 
-__all__ = ["build_trainer", "train", "resume", "evaluate_checkpoint", "default_run_dir"]
+__all__ = ["build_trainer", "train", "resume", "evaluate_checkpoint", "default_run_dir", "RESUMABLE"]
 
 
 def default_run_dir(config: TrainConfig, root: str | Path = "runs") -> Path:
@@ -28,14 +30,20 @@ def default_run_dir(config: TrainConfig, root: str | Path = "runs") -> Path:
 
 
 def build_trainer(
-    config: TrainConfig, plugins: Sequence[Any] = (), *, progress: bool = True, download: bool = True
+    config: TrainConfig, plugins: Sequence[Any] = (), *, progress: bool = True, download: bool = True,
+    overwrite: bool = False,
 ) -> Trainer:
     """Load ``config.dataset``, build ``config.model`` and return a ready :class:`Trainer`.
 
-    Writes to ``config.out`` (``None``: nothing written). The model is initialised
-    under ``config.seed``.
+    Writes to ``config.out`` (``None``: nothing written; a folder holding another run is
+    refused unless ``overwrite``). The model is initialised under ``config.seed``.
     """
+    distributed.init_from_env()
+    if not distributed.is_main():  # the main process downloads first; the others read its copy
+        distributed.barrier()
     bundle = load_dataset(config.dataset, config.data_dir, download=download, fold=config.fold)
+    if distributed.is_main():
+        distributed.barrier()
     model_name = config.model or bundle.defaults.get("model", "small_cnn")
     torch.manual_seed(config.seed)
     model = create_model(model_name, bundle.num_classes, bundle.input_shape, bundle.mean, bundle.std)
@@ -47,37 +55,74 @@ def build_trainer(
     return Trainer(
         model, bundle.train, bundle.class_names, config, plugins, test_data=bundle.test, clip=tuple(bundle.clip),
         train_targets=bundle.train_targets, augment=bundle.augment, dataset_defaults=bundle.defaults,
-        data_meta=meta, run_dir=config.out, progress=progress,
+        data_meta=meta, run_dir=config.out, progress=progress, overwrite=overwrite,
     )
 
 
 def train(
-    config: TrainConfig | None = None, plugins: Sequence[Any] = (), *, progress: bool = True, **settings: Any
+    config: TrainConfig | None = None, plugins: Sequence[Any] = (), *, progress: bool = True, overwrite: bool = False,
+    **settings: Any,
 ) -> TrainResult:
-    """Train on a named dataset. ``settings`` override fields of ``config``::
+    """Train on a named dataset. ``settings`` override fields of ``config``; ``overwrite``
+    replaces a run already in ``config.out``::
 
         result = fairdefense.train(plugins=["bat"], epochs=5)
         result.report.summary()["pgd20/robust_acc"]
     """
     values = (config or TrainConfig()).to_dict()
     values.update(settings)
-    return build_trainer(TrainConfig.from_dict(values), plugins, progress=progress).fit()
+    return build_trainer(TrainConfig.from_dict(values), plugins, progress=progress, overwrite=overwrite).fit()
 
 
-def resume(checkpoint: str | Path, *, epochs: int | None = None, progress: bool = True) -> TrainResult:
-    """Continue the run that wrote ``checkpoint`` exactly where it stopped.
+#: Settings a resumed run may change; every other setting is part of the run being continued.
+RESUMABLE = ("epochs", "workers", "device", "log_every", "eval_every", "eval_attacks", "data_dir")
 
-    ``epochs`` may extend the run. Results go to the checkpoint's folder.
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as they would be recorded in ``config.json`` (tuples and lists alike)."""
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def resume(checkpoint: str | Path, *, progress: bool = True, **settings: Any) -> TrainResult:
+    """Continue the run that wrote ``checkpoint`` exactly where it stopped (restore, then train).
+
+    ``settings`` may change the settings in :data:`RESUMABLE` (``epochs`` extends the
+    run); they are recorded in ``config.json``. Any other setting given must equal the
+    checkpoint's: a different value (another plugin, learning rate, ...) is refused,
+    naming it. A run that has done all its epochs is refused too (extend it with
+    ``epochs``). Results go to the checkpoint's folder. In a process group, every
+    process calls it with the same arguments.
     """
-    state = load_checkpoint(checkpoint)
-    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
-        raise ConfigError(f"{str(checkpoint)!r} is not a fairdefense training checkpoint; use --init to fine-tune from weights.")
-    config = TrainConfig.from_dict(state["config"])
-    config.out = str(Path(checkpoint).parent)
-    if epochs is not None:
-        config.epochs = epochs
+    distributed.init_from_env()
+    state = distributed.broadcast_object(
+        {k: v for k, v in load_training_state(checkpoint, hint="; use --init to fine-tune from weights.").items()
+         if k in ("config", "epoch")} if distributed.is_main() else None
+    )
+    recorded = state["config"]
+    folder = Path(checkpoint).parent
+    out = settings.pop("out", None)
+    if out is not None and Path(out).resolve() != folder.resolve():
+        raise ConfigError(f"a resumed run goes on in its own folder {str(folder)!r}; drop --out {out} "
+                          f"(or copy the folder there and resume from the copy).")
+    contradicting = [
+        f"{key}={value!r} (the run has {recorded.get(key)!r})" for key, value in settings.items()
+        if key not in RESUMABLE and not _same(value, recorded.get(key))
+    ]
+    if contradicting:
+        raise ConfigError(
+            f"{str(checkpoint)!r} is resumed with its own settings; these contradict it: {', '.join(contradicting)}. "
+            f"Drop them, or start a new run (--init {checkpoint} fine-tunes from its weights). "
+            f"A resumed run may change only {', '.join(RESUMABLE)}."
+        )
+    config = TrainConfig.from_dict({**recorded, **{k: v for k, v in settings.items() if k in RESUMABLE}})
+    config.out = str(folder)
+    if int(state["epoch"]) >= config.epochs:
+        raise ConfigError(
+            f"{str(checkpoint)!r} has done all {config.epochs} epochs of its run: nothing to do. "
+            f"Extend it with --epochs N (N > {config.epochs}), or evaluate it with: fairdefense evaluate {folder}"
+        )
     trainer = build_trainer(config, progress=progress)
-    trainer.resume(checkpoint)
+    trainer.restore(checkpoint)
     return trainer.fit()
 
 

@@ -16,8 +16,10 @@ Example::
 """
 from __future__ import annotations
 
+import contextlib
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Literal
+from typing import Iterator, Literal
 
 import torch
 import torch.nn.functional as F
@@ -25,11 +27,33 @@ from torch import Tensor, nn
 
 from fairdefense.errors import ConfigError
 
-__all__ = ["AttackRecord", "pgd", "pgd_early_stop", "attack_loss", "project", "LOSSES", "NORMS"]
+__all__ = ["AttackRecord", "pgd", "pgd_early_stop", "attack_loss", "project", "global_batch", "LOSSES", "NORMS"]
 
 LOSSES = ("ce", "kl", "cw")
 NORMS = ("linf", "l2")
 Start = Literal["uniform", "normal", "none"]
+_WINDOW: ContextVar[tuple[int, int] | None] = ContextVar("fairdefense_attack_window", default=None)
+
+
+@contextlib.contextmanager
+def global_batch(offset: int, total: int) -> Iterator[None]:
+    """Within this block, random starts are drawn for a batch of ``total`` rows of which the
+    attacked inputs are rows ``offset, offset + 1, ...`` (data-parallel training: each
+    process attacks its share of a global batch, and every sample gets the start one
+    process would give it). Outside any block, the start is drawn for the inputs alone.
+    """
+    previous = _WINDOW.get()
+    _WINDOW.set((int(offset), int(total)))
+    try:
+        yield
+    finally:
+        _WINDOW.set(previous)
+
+
+def _noise(draw, x: Tensor, tail: tuple[int, ...], generator) -> Tensor:
+    """``draw((B, *tail))`` for the inputs' rows of the current :func:`global_batch` window."""
+    offset, total = _WINDOW.get() or (0, x.shape[0])
+    return draw((total, *tail), generator=generator, device=x.device, dtype=x.dtype)[offset:offset + x.shape[0]]
 
 
 @dataclass
@@ -116,15 +140,15 @@ def _start(x: Tensor, eps: Tensor, norm: str, random_start: str, sigma: float, c
     if random_start == "none":
         return x.clone()
     if random_start == "normal":
-        noise = sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        noise = sigma * _noise(torch.randn, x, x.shape[1:], generator)
         return project(x + noise, x, eps, norm, clip)
     if random_start != "uniform":
         raise ConfigError(f"unknown random_start {random_start!r}; use 'uniform', 'normal' or 'none'.")
     if norm == "linf":
-        u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        u = _noise(torch.rand, x, x.shape[1:], generator)
         return project(x + (2 * u - 1) * eps, x, eps, norm, clip)
-    direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    radius = torch.rand((x.shape[0],), generator=generator, device=x.device, dtype=x.dtype)
+    direction = _noise(torch.randn, x, x.shape[1:], generator)
+    radius = _noise(torch.rand, x, (), generator)
     radius = radius.view(-1, *([1] * (x.dim() - 1)))
     return project(x + direction / _norms(direction).clamp_min(1e-12) * eps * radius, x, eps, norm, clip)
 

@@ -54,6 +54,8 @@ class TrainConfig:
     channels_last: bool | None = None
     compile: bool | None = None
     workers: int | None = None
+    log_every: int | None = None
+    sync_bn: bool | None = None
     init: str | None = None
     out: str | None = None
     plugins: tuple[str, ...] = ()
@@ -106,6 +108,8 @@ DEFAULTS: dict[str, Any] = {
     "channels_last": False,
     "compile": False,
     "workers": 0,
+    "log_every": 50,
+    "sync_bn": False,
 }
 
 
@@ -162,7 +166,7 @@ def _check(c: TrainConfig, clip: tuple | None) -> None:
         raise ConfigError(f"norm must be 'linf' or 'l2', got {c.norm!r}.")
     if not c.eps_step > 0:
         raise ConfigError(f"eps_step must be > 0, got {c.eps_step}.")
-    for name in ("epochs", "batch_size", "attack_steps", "val_steps"):
+    for name in ("epochs", "batch_size", "attack_steps", "val_steps", "log_every"):
         if int(getattr(c, name)) < 1:
             raise ConfigError(f"{name} must be >= 1, got {getattr(c, name)}.")
     if not c.lr > 0:

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from fairdefense import distributed
+
 if TYPE_CHECKING:  # imported for type checkers only: the core imports no cycle
     from fairdefense.attacks import AttackRecord
     from fairdefense.config import TrainConfig
@@ -64,6 +66,12 @@ class BatchInfo:
     (a float) and ``eps_step`` the base step; ``objective`` is the base objective
     in use (its :meth:`~fairdefense.objectives.Objective.terms` gives unweighted
     per-sample losses, e.g. for a proxy model).
+
+    Data-parallel runs: ``x`` and ``y`` are this process's share of a global batch of
+    ``global_batch_size`` samples (possibly empty, see :mod:`fairdefense.sharding`).
+    A statistic that depends on the whole batch is formed with
+    :meth:`all_reduce_sum`, called by every process in the same order (the identity in
+    one process); see ``docs/plugins.md`` for what each hook sees.
     """
 
     epoch: int
@@ -76,10 +84,41 @@ class BatchInfo:
     eps: float
     eps_step: float
     run: RunInfo
+    global_batch_size: int | None = None
 
     @property
     def num_classes(self) -> int:
         return self.run.num_classes
+
+    @property
+    def global_size(self) -> int:
+        """Samples in the global batch (``len(y)`` in one process)."""
+        return len(self.y) if self.global_batch_size is None else self.global_batch_size
+
+    def all_reduce_sum(self, tensor: Tensor) -> Tensor:
+        """The sum of ``tensor`` over the processes training together, as a new tensor.
+
+        The identity (a copy) in one process. Every process calls the hook, so every
+        process must call this in the same order with a tensor of the same shape, even
+        on an empty local batch: e.g. per-class sums ``(C,)`` of a batch statistic.
+        """
+        return distributed.all_reduce_sum(tensor)
+
+    def average_gradients(self, module: nn.Module) -> None:
+        """Make ``module``'s ``.grad`` the gradient of the global-batch mean.
+
+        Call it after each process back-propagated the mean of a loss over its local
+        batch (a proxy model's step, for instance): each gradient is weighted by the
+        local share of the global batch and summed over the processes. Nothing
+        changes in one process.
+        """
+        if distributed.world_size() == 1:
+            return
+        share = len(self.y) / self.global_size
+        for param in module.parameters():
+            if param.requires_grad:
+                grad = torch.zeros_like(param) if param.grad is None else param.grad
+                param.grad = distributed.all_reduce_sum(grad * share)
 
 
 @dataclass

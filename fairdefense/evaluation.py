@@ -85,6 +85,7 @@ def evaluate(
     losses: bool = False,
     progress: Callable[[Iterable], Iterable] | None = None,
     autoattack: Sequence[str] | None = None,
+    reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> ClassReport:
     """Per-class clean and robust accuracy of ``model`` over ``batches``.
 
@@ -98,6 +99,8 @@ def evaluate(
     standard version, reduced below 10 classes); it is seeded with ``seed`` too.
     The report's ``confusion`` maps each attack to the ``(C, C)`` counts of true
     class (row) against the class predicted on its adversarial examples (column).
+    ``reduce`` maps every count tensor before any rate is formed (data-parallel
+    evaluation: :func:`fairdefense.distributed.all_reduce_sum` over the shards).
     """
     specs = [(name, *parse_attack(name)) for name in attacks]
     num_classes = len(class_names)
@@ -149,6 +152,11 @@ def evaluate(
             worst += torch.bincount(y, weights=all_ok.double(), minlength=num_classes)
     finally:
         model.train(was_training)
+    if reduce is not None:
+        counts, clean, worst = reduce(counts), reduce(clean), reduce(worst)
+        robust = {k: reduce(v) for k, v in robust.items()}
+        loss_sums = {k: reduce(v) for k, v in loss_sums.items()}
+        confusion = {k: reduce(v) for k, v in confusion.items()}
     n = counts.where(counts > 0, torch.tensor(float("nan"), dtype=torch.float64, device=device))
     robust_acc = {name: (v / n).cpu() for name, v in robust.items()}
     if len(specs) > 1:

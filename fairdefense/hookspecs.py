@@ -80,6 +80,8 @@ def configure(config: "TrainConfig", run: "RunInfo") -> "dict[str, Any] | None":
     for different values of one setting, or a plugin asking for a value other
     than one the user set explicitly, is a :class:`~fairdefense.PluginError` that
     names both parties.
+
+    Distributed: called on every process; return the same settings on each.
     """
 
 
@@ -95,6 +97,8 @@ def on_epoch_start(epoch: "EpochInfo") -> None:
     as ``"epoch": k + 1`` (completed epochs).
 
     Returns: nothing. Every implementation is called, in activation order.
+
+    Distributed: called on every process; the model is the same on each.
     """
 
 
@@ -113,8 +117,11 @@ def on_epoch_end(epoch: "EpochInfo", train_stats: "ClassStats") -> "dict[str, An
     ``(C, C)`` sums of the softmax outputs on the adversarial inputs, row = true
     class (``robust_prob_sums``; ``robust_prob_mean`` is the per-class mean
     prediction, e.g. DAFA's class similarity), accumulated on the device from the
-    training logits (train mode, before the batch's optimizer step). In
-    distributed runs the counts and sums are global.
+    training logits (train mode, before the batch's optimizer step).
+
+    Distributed: global. Every tensor field is summed over the processes before the
+    call, so every process sees the single-process counts; the model is the same on
+    each (BatchNorm buffers: rank 0's).
 
     Returns: ``None``, or a dict of values to log (numbers, strings, tensors, lists
     and dicts of these): the trainer writes it into this epoch's line of
@@ -146,6 +153,10 @@ def on_validation(epoch: "EpochInfo", report: "ClassReport") -> None:
     ``report.losses["clean_ce"]``, ``["adv_ce"]`` and ``["kl"]`` (TRADES's
     ``KL(f(x) || f(x_adv))``).
 
+    Distributed: global. The split is sharded across the processes and the per-class
+    counts and loss sums are summed before any rate is formed: every process sees
+    the single-process report.
+
     Returns: nothing. Every implementation is called, in activation order.
     """
 
@@ -161,6 +172,9 @@ def weights_to_evaluate(epoch: "EpochInfo") -> "dict[str, Tensor] | None":
 
     Returns: ``None`` (evaluate the trained weights) or a full ``state_dict`` for the
     model (buffers included). Exclusive: at most one active plugin may implement it.
+
+    Distributed: called on every process; return the same weights on each (they
+    are, when computed from the model and the global statistics above).
     """
 
 
@@ -177,6 +191,11 @@ def remargin(batch: "BatchInfo") -> "Tensor | Margins | None":
     ``(C,)`` with each class's radius, or :class:`~fairdefense.Margins` with a per-class
     radius and a step size (scalar or ``(C,)``). Radii must be finite and
     positive; sample ``i`` is attacked within ``eps[y_i]``.
+
+    Distributed: local. ``batch.x``/``batch.y`` are this process's share of the global
+    batch (possibly empty); the per-class answer must be the same on every process:
+    form any batch statistic with :meth:`~fairdefense.BatchInfo.all_reduce_sum` (FRL's
+    step over the classes present in the global batch does).
 
     Combination: exclusive; at most one active plugin may implement it.
     """
@@ -201,6 +220,9 @@ def select_examples(batch: "BatchInfo", record: "AttackRecord") -> "Selection | 
     Returns: ``None`` or a :class:`~fairdefense.Selection` naming the inputs of the
     natural and/or robust term, each ``(B, ...)`` within the batch's radius.
 
+    Distributed: local, per sample (the record's rows are this process's share; each
+    sample's iterates do not depend on the other samples).
+
     Combination: exclusive; at most one active plugin may implement it.
     """
 
@@ -218,6 +240,10 @@ def perturb_weights(batch: "BatchInfo", x_adv: "Tensor") -> "dict[str, Tensor] |
     ``model.named_parameters()``) to tensors of the same shape. The trainer adds
     them to the weights for this batch's loss and backward pass and subtracts them
     after the optimizer step.
+
+    Distributed: local inputs; return the same perturbation on every process. A proxy
+    step on the local batch becomes the global-batch step with
+    :meth:`~fairdefense.BatchInfo.average_gradients` (AWP does).
 
     Combination: exclusive; at most one active plugin may implement it.
     """
@@ -237,6 +263,12 @@ def reweight(batch: "BatchInfo", outputs: "BatchOutputs") -> "LossWeights | None
     ``mean(w_nat * natural) + beta * mean(w_rob * robust)`` for TRADES and
     ``mean(w_rob * robust)`` for PGD-AT; no gradient flows through the weights.
 
+    Distributed: local. ``outputs`` holds this process's share of the global batch and
+    the trainer averages over the global batch (it scales the local mean by the local
+    share). A normalisation over the batch (weights that average to one, class sums)
+    must use :meth:`~fairdefense.BatchInfo.all_reduce_sum` (FAAL's margin sums, FRL's
+    and Baseline Reweight's weighted means do).
+
     Combination: the weights of several plugins multiply elementwise; nothing is
     renormalised.
     """
@@ -252,6 +284,11 @@ def extra_loss(batch: "BatchInfo", outputs: "BatchOutputs") -> "Tensor | None":
 
     Returns: ``None`` or a finite scalar tensor, differentiable w.r.t. the model
     (e.g. BAT's uniform-target KL).
+
+    Distributed: local. Return a per-sample mean over the local batch: the trainer
+    scales it by the local share of the global batch, so the processes together add
+    the global-batch mean. On an empty local share (a final global batch smaller
+    than the number of processes) the value is ignored.
 
     Combination: the terms of all plugins are added to the loss.
     """
@@ -271,6 +308,9 @@ def plugin_state() -> "dict[str, Any] | None":
     dicts of these (it is saved with ``torch.save`` and read back with
     ``weights_only=True``).
 
+    Distributed: called on every process; the main process's state is saved, so keep
+    it the same on every process.
+
     Combination: each plugin's state is stored under its own name.
     """
 
@@ -284,6 +324,8 @@ def load_plugin_state(state: "dict[str, Any]") -> None:
     (looked up by plugin name).
 
     Returns: nothing.
+
+    Distributed: every process receives the main process's saved state.
     """
 
 

@@ -47,9 +47,10 @@ def usable_cpus() -> int:
 
 
 def set_threads(threads: int | None) -> int:
-    """Set torch's intra-op threads to ``threads`` (``None``: :func:`usable_cpus`, the default); returns the number set."""
+    """Set torch's intra-op threads to ``threads`` (``None``: :func:`usable_cpus`, the default, shared
+    among the processes ``torchrun`` starts on this machine, ``LOCAL_WORLD_SIZE``); returns the number set."""
     if threads is None:
-        threads = usable_cpus()
+        threads = max(1, usable_cpus() // int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ConfigError(
             f"threads must be a whole number >= 1, got {threads!r}; use 1 when several runs share the CPUs "

@@ -175,15 +175,22 @@ class DeviceCache(Generic[T]):
         self._copies.clear()
 
 
-def batch_mean_weights(class_weights: Tensor, y: Tensor) -> Tensor:
+def batch_mean_weights(
+    class_weights: Tensor, y: Tensor, all_reduce_sum: Callable[[Tensor], Tensor] | None = None
+) -> Tensor:
     """Per-sample weights ``w_{y_i} * B / sum_j w_{y_j}``.
 
     The trainer reduces a loss term as ``mean_i(w_i * term_i)`` without
     renormalising; with these weights that is the weighted batch mean
-    ``sum_i w_{y_i} term_i / sum_i w_{y_i}``.
+    ``sum_i w_{y_i} term_i / sum_i w_{y_i}``. ``all_reduce_sum``
+    (:meth:`fairdefense.BatchInfo.all_reduce_sum`) makes ``B`` and the sum those of the
+    global batch in data-parallel runs.
     """
     w = class_weights[y]
-    return w * (len(y) / w.sum())
+    totals = torch.stack([w.sum(), w.new_tensor(float(len(y)))])
+    if all_reduce_sum is not None:
+        totals = all_reduce_sum(totals)
+    return w * (totals[1] / totals[0])
 
 
 # --------------------------------------------------- Lagrangian class weights

@@ -3,10 +3,20 @@
 The trainer owns the optimizer, scheduler, device, data order, checkpoints and
 logs, and applies what plugins return; plugins only compute (see
 :mod:`fairdefense.hookspecs` for the order of calls).
+
+Distribution is a few fixed points (see ``docs/distributed.md``): batches come from a
+:class:`~fairdefense.sharding.ShardedLoader` (this process's share of each global
+batch); the loss forward goes through ``DistributedDataParallel`` and is scaled so
+that the averaged gradient is the one of the global-batch mean; per-class training
+counts, validation and test counts, the loss and the finite-loss flag are summed
+over the processes (:mod:`fairdefense.distributed`) before anything reads them; only
+the main process writes (:class:`~fairdefense.run_folder.RunFolder`). In one
+process every collective is the identity.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import time
@@ -16,28 +26,24 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
-from fairdefense.attacks import AttackRecord, pgd, pgd_early_stop
-from fairdefense.checkpoint import (
-    FORMAT_VERSION,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-    versions,
-)
+from fairdefense import distributed
+from fairdefense.attacks import AttackRecord, global_batch, pgd, pgd_early_stop
+from fairdefense.checkpoint import FORMAT_VERSION, load_checkpoint, rng_state, save_checkpoint, set_rng_state, versions
 from fairdefense.config import TrainConfig, resolve, select_device
-from fairdefense.context import BatchInfo, BatchOutputs, EpochInfo, RunInfo
+from fairdefense.context import BatchInfo, BatchOutputs, EpochInfo, Margins, RunInfo
 from fairdefense.errors import ConfigError, NonFiniteLossError
 from fairdefense.evaluation import evaluate
 from fairdefense.manager import PluginHost
 from fairdefense.metrics import ClassReport, ClassStats, summarize
-from fairdefense.objectives import make_objective
+from fairdefense.objectives import Terms, make_objective
 from fairdefense.splits import per_class_split
+from fairdefense.run_folder import RunFolder, is_training_state, load_training_state
+from fairdefense.sharding import ShardedLoader
 
-__all__ = ["Trainer", "TrainResult", "load_weights", "resolve_run"]
+__all__ = ["Trainer", "TrainResult", "StepOutput", "load_weights", "resolve_run"]
 
 
 @dataclass
@@ -59,6 +65,23 @@ class TrainResult:
     best_epoch: int | None = None
 
 
+@dataclass
+class StepOutput:
+    """What one training step returns, all tensors on the device (nothing read on the host).
+
+    ``loss``: this process's share of the global-batch loss (the sum over processes is
+    the loss of the global batch; detached). ``finite``: whether it is finite (0-d
+    bool). ``logits_adv``/``logits_clean``: detached logits for the per-class counts.
+    ``attack_steps``: steps the attack ran on this process's inputs.
+    """
+
+    loss: Tensor
+    finite: Tensor
+    logits_adv: Tensor
+    logits_clean: Tensor | None
+    attack_steps: int
+
+
 class _Augmented(Dataset):
     def __init__(self, base: Dataset, augment: Callable[[Tensor], Tensor]) -> None:
         self.base, self.augment = base, augment
@@ -78,7 +101,7 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     input normalisation. Mismatched keys raise an error listing them.
     """
     state = load_checkpoint(path)
-    if isinstance(state, dict) and "format" in state and "model" in state:
+    if is_training_state(state):
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ConfigError(f"{str(path)!r} holds neither a fairdefense checkpoint nor a state_dict.")
@@ -104,7 +127,7 @@ def resolve_run(
     their ``configure`` hooks fill unset fields, then ``dataset_defaults``, then the
     library's defaults. Returns the resolved config, the plugin host and the run info."""
     config = copy.deepcopy(config)
-    device = select_device(config.device)
+    device = distributed.local_device(select_device(config.device))
     host = PluginHost(list(config.plugins) + list(plugins), config.plugin_options)
     config.plugins = tuple(host.plugins)
     run = RunInfo(len(class_names), [str(c) for c in class_names], config, device)
@@ -127,6 +150,7 @@ class Trainer:
     config:
         A :class:`~fairdefense.config.TrainConfig`; unset fields are filled by plugins'
         ``configure`` hooks, then ``dataset_defaults``, then the library defaults.
+        ``batch_size`` is the global batch, whatever the number of processes.
     plugins:
         Installed plugin names and/or plugin objects, mixed. Names listed in
         ``config.plugins`` are activated first.
@@ -143,7 +167,16 @@ class Trainer:
     augment:
         Per-sample augmentation of training inputs (not applied to the validation split).
     run_dir:
-        Folder for ``config.json``, ``metrics.jsonl`` and checkpoints (``None``: nothing written).
+        Folder for ``config.json``, ``metrics.jsonl`` and checkpoints; defaults to
+        ``config.out`` (``None``: nothing written); see :class:`~fairdefense.run_folder.RunFolder`.
+        A folder that holds another run is refused unless the run is resumed
+        (:meth:`restore`) or ``overwrite`` is set.
+    overwrite:
+        Replace a run already in ``run_dir`` (its files are removed when training starts).
+
+    In a process group (``torchrun``, or one the caller initialised), each process
+    builds the same ``Trainer``; the process group is joined from ``torchrun``'s
+    environment if the caller did not (:func:`fairdefense.distributed.init_from_env`).
     """
 
     def __init__(
@@ -164,7 +197,9 @@ class Trainer:
         data_meta: dict[str, Any] | None = None,
         run_dir: str | Path | None = None,
         progress: bool = True,
+        overwrite: bool = False,
     ) -> None:
+        distributed.init_from_env()
         self.class_names = [str(c) for c in class_names]
         num_classes = len(self.class_names)
         if num_classes < 2:
@@ -175,16 +210,34 @@ class Trainer:
         device = self.run.device
         self.device = device
         self.clip = clip
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        if self.config.sync_bn and self.world_size > 1:  # one process: BatchNorm already sees the global batch
+            if device.type == "cpu":
+                raise ConfigError(
+                    "sync_bn needs GPUs: PyTorch's SyncBatchNorm does not run on the CPU. Drop --sync-bn (each "
+                    "process then keeps BatchNorm statistics of its own share; see docs/distributed.md)."
+                )
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(device)
         if self.config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        # attacks and loss forward through ``net`` (compiled if asked); plugins see the module itself
+        # attacks forward through ``net`` (compiled if asked), the loss through ``train_net``
+        # (DistributedDataParallel in a group); plugins see the module itself
         self.net: nn.Module = torch.compile(self.model) if self.config.compile else self.model
+        self.train_net: nn.Module = self.net
+        if self.world_size > 1:
+            ddp = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+            self.train_net = torch.compile(ddp) if self.config.compile else ddp
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.amp)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.config.amp == "fp16")
         self.objective = make_objective(self.config.objective, self.config.beta)
         self.progress = progress
-        self.run_dir = Path(run_dir) if run_dir is not None else None
+        run_dir = run_dir if run_dir is not None else self.config.out
+        self.folder: RunFolder | None = RunFolder(run_dir) if run_dir is not None else None
+        self.overwrite = overwrite
+        self._continues = False  # whether this trainer's state continues the run in its folder
         self.data_meta = dict(data_meta or {})
 
         targets = train_targets if train_targets is not None else _targets_of(train_data)
@@ -209,6 +262,8 @@ class Trainer:
 
         torch.manual_seed(self.config.seed)
         self.shuffle = torch.Generator().manual_seed(self.config.seed)
+        # random attack starts: one stream, drawn for whole global batches, the same on every process
+        self.attack_rng = torch.Generator(device=device).manual_seed(self.config.seed)
         self.optimizer = optimizer or torch.optim.SGD(
             self.model.parameters(), lr=self.config.lr, momentum=self.config.momentum,
             weight_decay=self.config.weight_decay, nesterov=self.config.nesterov,
@@ -222,6 +277,15 @@ class Trainer:
         self._eval_state: dict[str, Tensor] | None = None
         if self.config.init:
             load_weights(self.model, self.config.init)
+
+    @property
+    def run_dir(self) -> Path | None:
+        """The run folder's path (``None``: nothing written)."""
+        return None if self.folder is None else self.folder.path
+
+    @run_dir.setter
+    def run_dir(self, path: str | Path | None) -> None:
+        self.folder = None if path is None else RunFolder(path)
 
     # ------------------------------------------------------------------ setup
     def _check_model(self, data: Dataset, num_classes: int) -> None:
@@ -248,96 +312,122 @@ class Trainer:
             return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=c.epochs)
         return torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)
 
-    def _loader(self, data: Dataset, shuffle: bool) -> DataLoader:
+    def _loader(self, data: Dataset, shuffle: bool) -> ShardedLoader:
         # evaluation loaders get a generator of their own: drawing their seed from the global
         # RNG would make the trained weights depend on how often the test split is scored
         generator = self.shuffle if shuffle else torch.Generator().manual_seed(self.config.seed)
-        return DataLoader(
-            data, batch_size=self.config.batch_size, shuffle=shuffle, num_workers=self.config.workers,
-            generator=generator, pin_memory=self.device.type == "cuda",
+        return ShardedLoader(
+            data, self.config.batch_size, rank=self.rank, world_size=self.world_size, shuffle=shuffle,
+            generator=generator, workers=self.config.workers, pin_memory=self.device.type == "cuda",
         )
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
     # -------------------------------------------------------------- one batch
-    def _batch(self, epoch: int, index: int, x: Tensor, y: Tensor, stats: ClassStats) -> tuple[float, int]:
+    def _radius(self, margins: Margins | None, x: Tensor, y: Tensor) -> tuple[float | Tensor, float | Tensor]:
+        """Per-sample radius and step from ``remargin``'s answer (the config's without one)."""
         c = self.config
-        info = BatchInfo(epoch, index, self.global_step, x, y, self.model, self.objective, c.eps, c.eps_step, self.run)
-        margins = self.host.remargin(info)
-        eps: float | Tensor = c.eps
+        if margins is None:
+            return c.eps, c.eps_step
+        eps = margins.eps.to(x)[y]
         step: float | Tensor = c.eps_step
-        if margins is not None:
-            eps = margins.eps.to(x)[y]
-            if margins.step is not None:
-                s = torch.as_tensor(margins.step, dtype=x.dtype, device=x.device)
-                step = s[y] if s.dim() else s
+        if margins.step is not None:
+            s = torch.as_tensor(margins.step, dtype=x.dtype, device=x.device)
+            step = s[y] if s.dim() else s
+        return eps, step
+
+    def _attack(self, x: Tensor, y: Tensor, eps, step) -> tuple[Tensor, AttackRecord | None, int]:
+        """The training attack through the bare (or compiled) module, in eval mode."""
+        c = self.config
         start = c.random_start or self.objective.random_start
-        attack = dict(norm=c.norm, loss=self.objective.attack_loss, random_start=start, clip=self.clip)
+        attack = dict(norm=c.norm, loss=self.objective.attack_loss, random_start=start, clip=self.clip,
+                      generator=self.attack_rng)
         self.model.eval()
-        record: AttackRecord | None = None
-        with self._autocast():
+        try:
             if self.host.implements("select_examples"):
-                record = pgd_early_stop(self.net, x, y, eps, step, c.attack_steps, extra_steps=c.early_stop_extra_steps, **attack)
-                x_adv, steps = record.x_adv, record.steps
-            else:
-                x_adv, steps = pgd(self.net, x, y, eps, step, c.attack_steps, **attack), c.attack_steps
-        self.model.train()
-        x_natural = None
-        if record is not None:
-            selection = self.host.select_examples(info, record)
-            if selection is not None:
-                x_natural = selection.natural
-                x_adv = selection.adversarial if selection.adversarial is not None else x_adv
-        perturbation = self.host.perturb_weights(info, x_adv)
-        params = dict(self.model.named_parameters())
-        if perturbation:
-            with torch.no_grad():
-                for name, delta in perturbation.items():
-                    params[name].add_(delta)
-        with self._autocast():
-            terms = self.objective.terms(self.net, x, y, x_adv, x_natural)
+                record = pgd_early_stop(self.net, x, y, eps, step, c.attack_steps, extra_steps=c.early_stop_extra_steps,
+                                        **attack)
+                return record.x_adv, record, record.steps
+            return pgd(self.net, x, y, eps, step, c.attack_steps, **attack), None, c.attack_steps
+        finally:
+            self.model.train()
+
+    def _outputs(
+        self, x: Tensor, y: Tensor, x_adv: Tensor, x_natural: Tensor | None, eps, record
+    ) -> tuple[Terms, BatchOutputs]:
+        """The objective's forward passes through ``train_net`` and what the hooks receive."""
+        terms = self.objective.terms(self.train_net, x, y, x_adv, x_natural)
         outputs = BatchOutputs(
             x_natural=x if x_natural is None else x_natural, x_adv=x_adv,
             logits_clean=terms.logits_clean, logits_natural=terms.logits_natural, logits_adv=terms.logits_adv,
             natural=terms.natural, robust=terms.robust,
             eps=torch.as_tensor(eps, dtype=x.dtype, device=x.device).expand(len(y)), record=record,
         )
-        w_natural, w_robust = self.host.reweight(info, outputs)
+        return terms, outputs
+
+    def _shift(self, perturbation: dict[str, Tensor] | None, sign: float) -> None:
+        if perturbation:
+            params = dict(self.model.named_parameters())
+            with torch.no_grad():
+                for name, delta in perturbation.items():
+                    params[name].add_(delta, alpha=sign)
+
+    def step(self, epoch: int, index: int, x: Tensor, y: Tensor, window: tuple[int, int] | None = None) -> StepOutput:
+        """One training step on this process's share ``(x, y)`` of a global batch.
+
+        Calls the per-batch hooks in contract order inside one autocast region, then
+        back-propagates and steps the optimizer. ``window = (offset, total)`` places the
+        rows in their global batch (``None``: the batch is the whole global batch). The
+        local mean loss is scaled by ``len(y) * world_size / total``, so that
+        DistributedDataParallel's gradient average is the gradient of the mean over the
+        global batch. Nothing is read on the host.
+        """
+        c = self.config
+        offset, total = window or (0, len(y))
+        info = BatchInfo(epoch, index, self.global_step, x, y, self.model, self.objective, c.eps, c.eps_step,
+                         self.run, total)
         with self._autocast():
+            eps, step = self._radius(self.host.remargin(info), x, y)
+            with global_batch(offset, total):
+                x_adv, record, steps = self._attack(x, y, eps, step)
+            x_natural = None
+            if record is not None:
+                selection = self.host.select_examples(info, record)
+                if selection is not None:
+                    x_natural = selection.natural
+                    x_adv = selection.adversarial if selection.adversarial is not None else x_adv
+            perturbation = self.host.perturb_weights(info, x_adv)
+            self._shift(perturbation, 1.0)
+            terms, outputs = self._outputs(x, y, x_adv, x_natural, eps, record)
+            w_natural, w_robust = self.host.reweight(info, outputs)
             loss = self.objective.reduce(terms, w_natural, w_robust)
             extra = self.host.extra_loss(info, outputs)
             if extra is not None:
                 loss = loss + extra
-        value = loss.item()
-        if not math.isfinite(value):
-            raise NonFiniteLossError(
-                f"the loss became {value} at epoch {epoch + 1}, batch {index + 1}; training stopped. "
-                f"The last good checkpoint is kept{f' in {self.run_dir}' if self.run_dir else ''}. "
-                f"Lower the learning rate or check the plugins' weights and extra losses.",
-                epoch=epoch + 1, batch=index + 1,
-            )
+        share = len(y) / total
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        # an empty share (a final global batch smaller than the number of processes) has a NaN
+        # mean but zero gradients; it contributes nothing and is not a non-finite loss
+        self.scaler.scale(loss * (share * self.world_size)).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        if perturbation:
-            with torch.no_grad():
-                for name, delta in perturbation.items():
-                    params[name].sub_(delta)
-        clean = None if terms.logits_clean is None else terms.logits_clean.detach()
-        stats.update(y, terms.logits_adv.detach(), clean)
+        self._shift(perturbation, -1.0)
+        part = (loss.detach().float() * share) if len(y) else loss.new_zeros((), dtype=torch.float32)
         self.global_step += 1
-        return value, steps
+        clean = None if terms.logits_clean is None else terms.logits_clean.detach()
+        return StepOutput(part, torch.isfinite(part), terms.logits_adv.detach(), clean, steps)
 
     # -------------------------------------------------------------- one epoch
     def _epoch_info(self, epoch: int) -> EpochInfo:
         return EpochInfo(epoch, self.config.epochs, self.model, self.run, self.optimizer.param_groups[0]["lr"])
 
     def _evaluate(self, model: nn.Module, data: Dataset, attacks: Sequence[str], losses: bool = False) -> ClassReport:
+        """Per-class report on ``data``, sharded across the processes and summed as counts."""
         return evaluate(
-            model, self._loader(data, shuffle=False), self.class_names, attacks, eps=self.config.eps,
+            model, self._loader(data, shuffle=False).pairs(), self.class_names, attacks, eps=self.config.eps,
             norm=self.config.norm, clip=self.clip, device=self.device, seed=self.config.seed, losses=losses,
+            reduce=distributed.all_reduce_sum,
         )
 
     def _validate(self, info: EpochInfo) -> ClassReport:
@@ -353,6 +443,24 @@ class Trainer:
         module.load_state_dict(self._eval_state)
         return module
 
+    def _sync_buffers(self) -> None:
+        """Give every process rank 0's buffers (BatchNorm statistics), as DDP does at each forward."""
+        if self.world_size > 1:
+            for buffer in self.model.buffers():
+                torch.distributed.broadcast(buffer, 0)
+
+    def _check_finite(self, epoch: int, first_bad: Tensor, sentinel: int) -> None:
+        """Raise the same :class:`NonFiniteLossError` on every process if any saw a non-finite loss."""
+        index = int(distributed.all_reduce_min(first_bad).item())
+        if index != sentinel:
+            where = f" in {self.run_dir}" if self.run_dir else ""
+            raise NonFiniteLossError(
+                f"the loss became non-finite at epoch {epoch + 1}, batch {index + 1}; training stopped. "
+                f"The last good checkpoint is kept{where}. "
+                f"Lower the learning rate or check the plugins' weights and extra losses.",
+                epoch=epoch + 1, batch=index + 1,
+            )
+
     def _run_epoch(self, epoch: int) -> dict[str, Any]:
         c = self.config
         start = time.perf_counter()
@@ -360,28 +468,45 @@ class Trainer:
         self.host.notify("on_epoch_start", epoch=info)
         stats = ClassStats.zeros(self.run.num_classes, self.device)
         loader = self._loader(self.train_data, shuffle=True)
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{c.epochs}", leave=False, disable=not self.progress)
-        loss_sum, steps_sum, n_batches, n_samples = 0.0, 0, 0, 0
-        for index, (x, y) in enumerate(bar):
+        show = self.progress and distributed.is_main()
+        bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{c.epochs}", leave=False, disable=not show)
+        sentinel = torch.iinfo(torch.int64).max
+        first_bad = torch.tensor(sentinel, device=self.device)
+        loss_sum = torch.zeros((), device=self.device)
+        steps_sum, n_batches, n_samples = 0, 0, 0
+        for index, (x, y, window) in enumerate(loader):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True).long()
-            if self.config.channels_last and x.dim() == 4:
+            if c.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
-            loss, steps = self._batch(epoch, index, x, y, stats)
-            loss_sum += loss
-            steps_sum += steps
+            out = self.step(epoch, index, x, y, window)
+            stats.update(y, out.logits_adv, out.logits_clean)
+            loss_sum += out.loss
+            here = torch.tensor(index, device=self.device)
+            first_bad = torch.where(out.finite, first_bad, torch.minimum(first_bad, here))
+            steps_sum += out.attack_steps
             n_batches += 1
-            n_samples += len(y)
-            if self.progress:
-                rob = summarize(stats.robust_acc, higher_is_worse=False)
-                rate = n_samples / (time.perf_counter() - start)
-                bar.set_postfix(loss=f"{loss_sum / n_batches:.3f}", rob_avg=f"{rob['avg']:.3f}",
-                                rob_worst=f"{rob['worst']:.3f}", img_s=f"{rate:.0f}")
+            n_samples += window[1]
+            if n_batches % c.log_every == 0 or n_batches == len(loader):
+                self._check_finite(epoch, first_bad, sentinel)
+                mean = distributed.all_reduce_sum(loss_sum).item() / n_batches
+                bar.update(n_batches - bar.n)
+                if show:
+                    rob = summarize(stats.robust_acc, higher_is_worse=False)
+                    rate = n_samples / (time.perf_counter() - start)
+                    bar.set_postfix(loss=f"{mean:.3f}", rob_avg=f"{rob['avg']:.3f}",
+                                    rob_worst=f"{rob['worst']:.3f}", img_s=f"{rate:.0f}")
+        bar.close()
+        loss = distributed.all_reduce_sum(loss_sum).item() / max(n_batches, 1)
         train_time = time.perf_counter() - start
+        for f in dataclasses.fields(stats):  # counts of every process, whatever fields ClassStats has
+            if isinstance(getattr(stats, f.name), Tensor):
+                setattr(stats, f.name, distributed.all_reduce_sum(getattr(stats, f.name)))
+        self._sync_buffers()
         logged = self.host.on_epoch_end(info, stats)
         entry: dict[str, Any] = {
             "epoch": epoch + 1,
             "lr": info.lr,
-            "loss": loss_sum / max(n_batches, 1),
+            "loss": loss,
             "attack_steps": steps_sum / max(n_batches, 1),
             "train_time": train_time,
             "images_per_s": n_samples / train_time if train_time > 0 else None,
@@ -411,44 +536,76 @@ class Trainer:
         return entry
 
     # ---------------------------------------------------------------- running
+    def _start_folder(self) -> None:
+        """Claim the run folder, write ``config.json`` and the epoch-0 checkpoint; after an
+        elastic restart, restore ``last.pt`` first. Every process raises the main process's refusal."""
+        folder = self.folder
+        main = distributed.is_main()
+        restarted = distributed.restart_count() > 0 and not self._continues
+        if restarted and distributed.broadcast_object(folder.has_checkpoint("last") if main else None):
+            self.restore(folder.last)
+            if main:
+                print(f"restart {distributed.restart_count()}: resumed from {folder.last} (epoch {self.epoch})")
+        problem = None
+        if main:
+            try:
+                folder.open(resume=self._continues, overwrite=self.overwrite)
+            except ConfigError as exc:
+                problem = str(exc)
+        problem = distributed.broadcast_object(problem)
+        if problem is not None:
+            raise ConfigError(problem)
+        self._continues = True
+        folder.write_config(self.config.to_dict())
+        if not distributed.broadcast_object(folder.has_checkpoint("last") if main else None):
+            self.save(folder.last)
+
     def fit(self) -> TrainResult:
         """Train until ``config.epochs``, writing a checkpoint after every epoch.
 
         Ctrl-C stops training, keeps the checkpoint of the last completed epoch
-        (resumable with :meth:`resume` or ``fairdefense train --resume``) and
-        re-raises ``KeyboardInterrupt``.
+        (resumable with :meth:`restore` then :meth:`fit`, :func:`fairdefense.resume`
+        or ``fairdefense train --resume``) and re-raises ``KeyboardInterrupt``. A
+        worker group restarted by ``torchrun --max-restarts`` continues from the run
+        folder's ``last.pt`` by itself.
         """
-        if self.run_dir is not None:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2, default=str))
-            if not (self.run_dir / "last.pt").exists():
-                self.save(self.run_dir / "last.pt")
+        if self.folder is not None:
+            self._start_folder()
+        try:
+            return self._fit()
+        finally:
+            if self.folder is not None:
+                self.folder.close()
+
+    def _fit(self) -> TrainResult:
         before = None
         if self.epoch == 0 and self.config.validate_first and self.val_data is not None:
             before = self._validate(self._epoch_info(-1)).to_dict()
-        epochs = tqdm(range(self.epoch, self.config.epochs), desc="training", disable=not self.progress)
+        show = self.progress and distributed.is_main()
+        epochs = tqdm(range(self.epoch, self.config.epochs), desc="training", disable=not show)
         try:
             for epoch in epochs:
-                entry = self._run_epoch(epoch)
-                if before is not None:
-                    entry["val_before"], before = before, None
-                self.epoch = epoch + 1
-                self.history.append(entry)
-                if "test" in entry and self.progress:
-                    s = entry["test"]["summary"][f"{self.config.eval_attacks[0]}/robust_acc"]
-                    epochs.set_postfix(test_rob_avg=f"{s['avg']:.3f}", test_rob_worst=f"{s['worst']:.3f}")
-                improved = entry.get("val_score", -math.inf) > self.best_score
-                if improved:
-                    self.best_score, self.best_epoch = entry["val_score"], self.epoch
-                if self.run_dir is not None:
-                    with open(self.run_dir / "metrics.jsonl", "a") as f:
-                        f.write(json.dumps(entry) + "\n")
-                    self.save(self.run_dir / "last.pt")
+                with distributed.peer_failures(f"epoch {epoch + 1}"):
+                    entry = self._run_epoch(epoch)
+                    if before is not None:
+                        entry["val_before"], before = before, None
+                    self.epoch = epoch + 1
+                    self.history.append(entry)
+                    if "test" in entry and show:
+                        s = entry["test"]["summary"][f"{self.config.eval_attacks[0]}/robust_acc"]
+                        epochs.set_postfix(test_rob_avg=f"{s['avg']:.3f}", test_rob_worst=f"{s['worst']:.3f}")
+                    improved = entry.get("val_score", -math.inf) > self.best_score
                     if improved:
-                        self.save(self.run_dir / "best.pt")
+                        self.best_score, self.best_epoch = entry["val_score"], self.epoch
+                    if self.folder is not None:
+                        self.folder.append_history(entry)
+                        state = self.state_dict()
+                        self.folder.save(state, "last")
+                        if improved:
+                            self.folder.save(state, "best")
         except KeyboardInterrupt:
-            if self.run_dir is not None:
-                print(f"\ninterrupted: resume with  fairdefense train --resume {self.run_dir / 'last.pt'}")
+            if self.folder is not None and distributed.is_main():
+                print(f"\ninterrupted: resume with  fairdefense train --resume {self.folder.last}")
             raise
         final = self.history[-1].get("test") if self.history else None
         return TrainResult(
@@ -459,7 +616,12 @@ class Trainer:
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly (see :mod:`fairdefense.checkpoint`)."""
+        """Everything needed to continue exactly (see :mod:`fairdefense.checkpoint`).
+
+        In a process group every process must call it (the RNG states of all ranks are
+        gathered into ``rng_ranks``); ``rng`` holds this process's.
+        """
+        own = rng_state()
         return {
             "format": FORMAT_VERSION,
             "epoch": self.epoch,
@@ -469,7 +631,9 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": {**rng_state(), "shuffle": self.shuffle.get_state()},
+            "rng": {**own, "shuffle": self.shuffle.get_state(), "attack": self.attack_rng.get_state()},
+            "rng_ranks": distributed.all_gather_object(own),
+            "world_size": self.world_size,
             "plugins": self.host.state(),
             "plugin_names": list(self.host.plugins),
             "config": json.loads(json.dumps(self.config.to_dict(), default=str)),
@@ -481,14 +645,23 @@ class Trainer:
         }
 
     def save(self, path: str | Path) -> Path:
-        """Write a checkpoint atomically."""
-        return save_checkpoint(self.state_dict(), path)
+        """Write a checkpoint atomically (the main process writes; every process must call it)."""
+        state = self.state_dict()
+        if distributed.is_main():
+            save_checkpoint(state, path)
+        return Path(path)
 
-    def resume(self, path: str | Path) -> None:
-        """Restore a checkpoint written by :meth:`save` (same model, data and plugins)."""
-        state = load_checkpoint(path, map_location=self.device)
-        if state.get("format") != FORMAT_VERSION:
-            raise ConfigError(f"{str(path)!r} is not a fairdefense training checkpoint (format {FORMAT_VERSION}).")
+    def restore(self, path: str | Path) -> None:
+        """Restore a checkpoint written by :meth:`save` (same model, data and plugins); does not train.
+
+        In a process group the main process reads the file and sends it to the others.
+        With the number of processes it was written with, every process gets its own
+        RNG state back; with another number, every process takes rank 0's (the data
+        order and the attack starts stay exact either way; see ``docs/distributed.md``).
+        """
+        state = distributed.broadcast_object(
+            load_training_state(path, hint="; use --init to fine-tune from weights.") if distributed.is_main() else None
+        )
         missing = set(state["plugin_names"]) ^ set(self.host.plugins)
         if missing:
             raise ConfigError(
@@ -499,15 +672,31 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        self.host.load_state(state["plugins"])
-        set_rng_state({k: v for k, v in state["rng"].items() if k != "shuffle"})
+        self.host.load_state(_to_device(state["plugins"], self.device))
+        ranks = state.get("rng_ranks") or []
+        own = ranks[self.rank] if len(ranks) == self.world_size else state["rng"]
+        set_rng_state(own)
         self.shuffle.set_state(state["rng"]["shuffle"])
+        if "attack" in state["rng"]:
+            self.attack_rng.set_state(state["rng"]["attack"])
         self.epoch = int(state["epoch"])
         self.global_step = int(state["global_step"])
-        self._eval_state = state["eval_model"]
+        self._eval_state = _to_device(state["eval_model"], self.device)
         self.best_score = float(state["best_score"])
         self.best_epoch = state["best_epoch"]
         self.history = list(state["history"])
+        self._continues = True
+
+
+def _to_device(obj: Any, device: torch.device) -> Any:
+    """``obj`` with every tensor in nested dicts and lists moved to ``device``."""
+    if isinstance(obj, Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(v, device) for v in obj)
+    return obj
 
 
 def _targets_of(data: Dataset) -> Tensor:

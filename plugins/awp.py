@@ -136,5 +136,6 @@ class AWP(fairdefense.FairnessPlugin):
             loss = -batch.objective.reduce(batch.objective.terms(proxy, batch.x, batch.y, x_adv))
             optim.zero_grad(set_to_none=True)
             loss.backward()
+        batch.average_gradients(proxy)
         optim.step()
         return perturbation_from_proxy(batch.model, proxy, self.options.gamma)

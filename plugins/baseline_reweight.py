@@ -129,7 +129,7 @@ class BaselineReweight(fairdefense.FairnessPlugin):
     def reweight(self, batch: "fairdefense.BatchInfo", outputs: "fairdefense.BatchOutputs") -> "fairdefense.LossWeights":
         """Weighted batch mean of the adversarial term (and of the natural term if ``natural``)."""
         self._ensure(batch.num_classes)
-        w = batch_mean_weights(self._device_weights.like(outputs.robust), batch.y)
+        w = batch_mean_weights(self._device_weights.like(outputs.robust), batch.y, batch.all_reduce_sum)
         return fairdefense.LossWeights(natural=w if self.options.natural else None, robust=w)
 
     def plugin_state(self) -> dict[str, Tensor] | None:

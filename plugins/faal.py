@@ -216,7 +216,7 @@ class FAAL(fairdefense.FairnessPlugin):
         r = self.radius(batch.epoch)
         if r is None:
             return None
-        a = class_margin_sums(outputs.logits_adv, batch.y, batch.num_classes)
+        a = batch.all_reduce_sum(class_margin_sums(outputs.logits_adv, batch.y, batch.num_classes))  # global batch
         p = solve_dro_weights(a, r)
         w = batch.num_classes * p[batch.y]
         return fairdefense.LossWeights(natural=w, robust=w)

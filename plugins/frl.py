@@ -202,14 +202,16 @@ class FRL(fairdefense.FairnessPlugin):
             return None
         self._ensure(batch.num_classes)
         mult = self._cache.like(batch.x)["eps_mult"]
-        return fairdefense.Margins(eps=batch.eps * mult, step=batch.eps_step * mult[batch.y].max())
+        present = batch.all_reduce_sum(torch.bincount(batch.y, minlength=batch.num_classes)) > 0  # global batch
+        step = batch.eps_step * mult.masked_fill(~present, -torch.inf).max()
+        return fairdefense.Margins(eps=batch.eps * mult, step=step)
 
     def reweight(self, batch: "fairdefense.BatchInfo", outputs: "fairdefense.BatchOutputs") -> "fairdefense.LossWeights":
         """Weighted batch means of the natural (``w0``) and boundary (``w1``) terms."""
         self._ensure(batch.num_classes)
         vectors = self._cache.like(outputs.robust)
-        natural = batch_mean_weights(vectors["w0"], batch.y)
-        robust = batch_mean_weights(vectors["w1"], batch.y) if self.reweights_boundary else None
+        natural = batch_mean_weights(vectors["w0"], batch.y, batch.all_reduce_sum)
+        robust = batch_mean_weights(vectors["w1"], batch.y, batch.all_reduce_sum) if self.reweights_boundary else None
         return fairdefense.LossWeights(natural=natural, robust=robust)
 
     def plugin_state(self) -> dict[str, Tensor] | None:

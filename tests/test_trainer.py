@@ -11,6 +11,8 @@ from fairdefense import ConfigError, FairnessPlugin, LossWeights, NonFiniteLossE
 from fairdefense.api import build_trainer
 from fairdefense.checkpoint import load_checkpoint, save_checkpoint
 from fairdefense.errors import MissingDependencyError, require
+from fairdefense.reports import read_history
+from fairdefense.run_folder import LOCK, RunFolder
 
 FAST = dict(attack_steps=1, batch_size=512, device="cpu", val_steps=1)
 
@@ -131,7 +133,7 @@ def test_resume_continues_exactly(tmp_path):
     assert load_checkpoint(tmp_path / "b" / "last.pt")["epoch"] == 1  # Ctrl-C left a resumable checkpoint
 
     resumed = build_trainer(TrainConfig(out=str(tmp_path / "b"), **config), [Stateful()], progress=False)
-    resumed.resume(tmp_path / "b" / "last.pt")
+    resumed.restore(tmp_path / "b" / "last.pt")
     result = resumed.fit()
     for (name, a), b in zip(straight.model.state_dict().items(), result.model.state_dict().values()):
         assert torch.equal(a, b), name
@@ -286,3 +288,88 @@ def test_how_often_the_test_split_is_scored_does_not_change_training():
     b = fairdefense.train(TrainConfig(epochs=2, eval_every=0, **FAST), progress=False)
     for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()):
         assert torch.equal(x, y)
+
+
+# ----------------------------------------------------------------- the run folder
+def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(tmp_path):
+    fairdefense.train(TrainConfig(epochs=1, out=str(tmp_path), **FAST), progress=False)
+    first = (tmp_path / "metrics.jsonl").read_text()
+    with pytest.raises(ConfigError, match=r"already holds a run .*--resume .*last.pt.*--overwrite"):
+        fairdefense.train(TrainConfig(epochs=1, out=str(tmp_path), **FAST), progress=False)
+    assert (tmp_path / "metrics.jsonl").read_text() == first  # nothing appended, nothing replaced
+    assert not (tmp_path / LOCK).exists()
+
+    fairdefense.resume(tmp_path / "last.pt", epochs=2, progress=False)  # continuing is allowed
+    assert [e["epoch"] for e in read_history(tmp_path)] == [1, 2]
+
+    (tmp_path / "report.md").write_text("old report")
+    fairdefense.train(TrainConfig(epochs=1, out=str(tmp_path), **FAST), progress=False, overwrite=True)
+    assert [e["epoch"] for e in read_history(tmp_path)] == [1]
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1 and not (tmp_path / "report.md").exists()
+
+
+def test_config_out_is_the_run_folder_of_a_trainer(tmp_path):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    labels = [0, 1, 2] * 4
+    Trainer(model, tiny_data(labels), ["a", "b", "c"], TrainConfig(epochs=1, out=str(tmp_path), **FAST),
+            progress=False).fit()
+    assert {"config.json", "metrics.jsonl", "last.pt"} <= {p.name for p in tmp_path.iterdir()}
+
+
+def test_a_folder_in_use_is_refused_naming_the_holder_and_a_dead_holder_is_taken_over(tmp_path):
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        tmp_path.mkdir(exist_ok=True)
+        (tmp_path / LOCK).write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(), "run_id": None,
+                                                 "started": "2026-01-01T00:00:00"}))
+        with pytest.raises(ConfigError, match=rf"in use by another training: process {holder.pid} on "):
+            fairdefense.train(TrainConfig(epochs=1, out=str(tmp_path), **FAST), progress=False)
+        assert not (tmp_path / "metrics.jsonl").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    (tmp_path / ".last.pt.abc123.tmp").write_bytes(b"half a checkpoint")  # a write killed midway
+    fairdefense.train(TrainConfig(epochs=1, out=str(tmp_path), **FAST), progress=False)  # stale lock taken over
+    assert not list(tmp_path.glob(".*.tmp")) and not (tmp_path / LOCK).exists()
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
+
+
+def test_history_lines_are_strict_json_and_a_cut_last_line_is_reported(tmp_path):
+    folder = RunFolder(tmp_path)
+    folder.append_history({"epoch": 1, "test": {"clean_acc": [0.5, float("nan")]}})
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"epoch": 1, "test": {"clean_acc": [0.5, null]}}\n'
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 2, "te')  # a line cut by a crash (an older version appended in place)
+    with pytest.warns(UserWarning, match="last line .2. is damaged"):
+        assert [e["epoch"] for e in folder.read_history()] == [1]
+    with pytest.warns(UserWarning):
+        folder.append_history({"epoch": 2})
+    assert [e["epoch"] for e in folder.read_history()] == [1, 2]
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1\n{"epoch": 2}\n')
+    with pytest.raises(ConfigError, match="line 1 is not JSON"):
+        folder.read_history()
+
+
+def test_resume_refuses_contradicting_settings_and_a_finished_run_alike_in_cli_and_api(tmp_path, capsys):
+    from fairdefense.cli import main
+
+    fairdefense.train(TrainConfig(epochs=1, out=str(tmp_path), **FAST), progress=False)
+    ckpt = str(tmp_path / "last.pt")
+    assert main(["train", "--resume", ckpt, "--plugin", "bat", "--lr", "5", "--epochs", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "plugins=('bat',) (the run has [])" in err and "lr=5.0 (the run has" in err
+    with pytest.raises(ConfigError, match=r"contradict it: lr=5\.0 \(the run has"):
+        fairdefense.resume(ckpt, lr=5.0, epochs=2, progress=False)
+    with pytest.raises(ConfigError, match=r"done all 1 epochs of its run: nothing to do. Extend it with --epochs"):
+        fairdefense.resume(ckpt, progress=False)
+    assert [e["epoch"] for e in read_history(tmp_path)] == [1]  # refused runs touched nothing
+    # settings equal to the run's, and the ones a resumed run may change, are accepted and recorded
+    args = ["train", "--resume", ckpt, "--epochs", "2", "--attack-steps", "1", "--workers", "0", "--log-every", "7"]
+    assert main(args + ["--no-progress"]) == 0
+    assert [e["epoch"] for e in read_history(tmp_path)] == [1, 2]
+    assert RunFolder(tmp_path).read_config()["log_every"] == 7

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from typing import Sequence
 
 from fairdefense.errors import ConfigError
@@ -53,27 +55,44 @@ def add_parser(sub) -> None:
     p.add_argument("--channels-last", action="store_true", default=None, help="channels_last memory format")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model's forward")
     p.add_argument("--workers", type=int, help="data loader worker processes (default 0)")
+    p.add_argument("--log-every", type=int,
+                   help="read the loss, the finite-loss check and the progress bar every N batches (default 50)")
+    p.add_argument("--sync-bn", action="store_true", default=None,
+                   help="under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)")
+    p.add_argument("--dist-backend", choices=["nccl", "gloo"],
+                   help="under torchrun: collective backend (default nccl on CUDA, gloo on CPU)")
+    p.add_argument("--dist-timeout", type=float, metavar="SECONDS",
+                   help="under torchrun: how long a process waits for a dead or stalled peer (default 600)")
     p.add_argument("--seed", type=int, help="seed of initialisation, data order and attacks (default 0)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--init", metavar="CKPT", help="fine-tune from these weights (checkpoint or state_dict)")
     p.add_argument("--resume", metavar="CKPT", help="continue an interrupted run exactly")
-    p.add_argument("--out", metavar="DIR", help="run folder (default runs/<dataset>-<plugins>-<objective>-s<seed>)")
+    p.add_argument("--out", metavar="DIR", help="run folder (default runs/<dataset>-<plugins>-<objective>-s<seed>); "
+                   "one that holds a run is refused unless --resume or --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --out (its files are removed)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _given(args: argparse.Namespace) -> dict:
+    """The settings of the command line's flags (``None`` where a flag was not given)."""
+    return {
+        "dataset": args.dataset, "data_dir": args.data_dir, "fold": args.fold, "model": args.model,
+        "objective": args.objective, "beta": args.beta, "epochs": args.epochs, "batch_size": args.batch_size,
+        "lr": args.lr, "schedule": args.schedule, "nesterov": args.nesterov, "eps": args.eps,
+        "eps_step": args.eps_step, "attack_steps": args.attack_steps,
+        "norm": args.norm, "random_start": args.random_start, "val_size": args.val_size, "select_best": args.select_best, "amp": args.amp,
+        "channels_last": args.channels_last, "compile": args.compile, "workers": args.workers, "seed": args.seed,
+        "log_every": args.log_every, "sync_bn": args.sync_bn,
+        "device": args.device, "init": args.init, "out": args.out,
+        "plugins": tuple(args.plugin) or None, "plugin_options": parse_plugin_options(args.option) or None,
+    }
 
 
 def _config(args: argparse.Namespace):
     """The TrainConfig of the command line: the recipe's settings (if any) with the flags on top."""
     from fairdefense.config import TrainConfig
 
-    given = {
-        "dataset": args.dataset, "data_dir": args.data_dir, "fold": args.fold, "model": args.model, "objective": args.objective,
-        "beta": args.beta, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-        "schedule": args.schedule, "nesterov": args.nesterov, "eps": args.eps, "eps_step": args.eps_step, "attack_steps": args.attack_steps,
-        "norm": args.norm, "random_start": args.random_start, "val_size": args.val_size, "select_best": args.select_best, "amp": args.amp,
-        "channels_last": args.channels_last, "compile": args.compile, "workers": args.workers, "seed": args.seed,
-        "device": args.device, "init": args.init, "out": args.out,
-        "plugins": tuple(args.plugin) or None, "plugin_options": parse_plugin_options(args.option) or None,
-    }
+    given = _given(args)
     if args.recipe:
         from fairdefense.recipes import recipe_config
 
@@ -82,12 +101,32 @@ def _config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from fairdefense import distributed
+
+    try:
+        return _run(args)
+    except distributed.PeerFailureError as exc:
+        # a group that lost a peer cannot be torn down cleanly (gloo and NCCL may abort the process at
+        # exit): say why, then leave at once with the CLI's error status
+        print(f"fairdefense train: error: {exc}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(2)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from fairdefense import distributed
     from fairdefense.api import build_trainer, default_run_dir, resume
     from fairdefense.report import format_report
 
+    if not args.dry_run:
+        distributed.init_from_env(args.dist_backend, args.dist_timeout)
+    main = distributed.is_main()
     progress = not args.no_progress
     if args.resume:
-        result = resume(args.resume, epochs=args.epochs, progress=progress)
+        if args.recipe:
+            raise ConfigError("--recipe starts a run; --resume continues one with its own settings: drop one of them.")
+        changes = {k: v for k, v in _given(args).items() if v is not None}
+        result = resume(args.resume, progress=progress, **changes)
     else:
         config = _config(args)
         if args.dry_run:
@@ -95,18 +134,24 @@ def run(args: argparse.Namespace) -> int:
 
             print(config_to_toml(resolve_offline(config)))
             return 0
-        trainer = build_trainer(config, progress=progress)
-        if trainer.run_dir is None:
-            trainer.run_dir = default_run_dir(trainer.config)
-        print(f"run folder: {trainer.run_dir}")
+        trainer = build_trainer(config, progress=progress, overwrite=args.overwrite)
+        if trainer.run_dir is None:  # chosen by the main process: numbering must not race
+            trainer.run_dir = distributed.broadcast_object(default_run_dir(trainer.config) if main else None)
+        if main:
+            print(f"run folder: {trainer.run_dir}" + (f" ({distributed.world_size()} processes)"
+                                                       if distributed.world_size() > 1 else ""))
         result = trainer.fit()
+    if not main:
+        return 0
     from fairdefense.reports import write_run_report
+    from fairdefense.run_folder import RunFolder
 
     write_run_report(result.run_dir)
     label = "+".join(result.config.plugins) or f"baseline ({result.config.objective})"
     if result.report is not None:
         print(format_report(result.report, title=f"\n{label} on {result.config.dataset}: test set, eps={result.config.eps:g}"))
     total = sum(e["time"] for e in result.history)
-    print(f"\n{len(result.history)} epochs in {total:.1f} s; checkpoint: {result.run_dir / 'last.pt'}; "
-          f"report: {result.run_dir / 'report.md'}")
+    folder = RunFolder(result.run_dir)
+    print(f"\n{len(result.history)} epochs in {total:.1f} s; checkpoint: {folder.last}; "
+          f"report: {folder.report_file('report.md')}")
     return 0

@@ -2,7 +2,8 @@
 
 A run folder (written by :class:`~fairdefense.trainer.Trainer`) holds
 ``config.json``, ``metrics.jsonl`` (one line per epoch), ``last.pt`` and, with
-``select_best``, ``best.pt``. The report files are :data:`REPORT_FILES`.
+``select_best``, ``best.pt``; :class:`~fairdefense.run_folder.RunFolder` knows their
+names and formats. The report files are :data:`REPORT_FILES`.
 """
 from __future__ import annotations
 
@@ -16,12 +17,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from fairdefense.checkpoint import FORMAT_VERSION, load_checkpoint
 from fairdefense.errors import ConfigError
 from fairdefense.metrics import ClassReport
 from fairdefense.reports.markdown import confusion_attack, render_report
 from fairdefense.reports.plots import plot_classwise, plot_confusion, plot_curves
 from fairdefense.reports.schema import build_metrics, load_metrics, save_metrics
+from fairdefense.run_folder import REPORT_FILES, RunFolder, load_training_state
 
 __all__ = [
     "DEFAULT_ATTACKS",
@@ -37,8 +38,6 @@ __all__ = [
 
 #: Attacks ``fairdefense evaluate`` runs by default (the papers' set; clean is always measured).
 DEFAULT_ATTACKS = ("pgd20", "cw20", "autoattack")
-#: The files a report writes into its folder.
-REPORT_FILES = ("metrics.json", "report.md", "classwise.png", "curves.png", "confusion.png")
 
 
 def resolve_checkpoint(target: str | Path, which: str | None = None) -> tuple[Path, Path]:
@@ -47,51 +46,13 @@ def resolve_checkpoint(target: str | Path, which: str | None = None) -> tuple[Pa
     In a run folder, ``which`` picks ``"last"`` (default, ``last.pt``) or ``"best"``
     (``best.pt``, written with ``select_best``); a checkpoint file is used as it is.
     """
-    path = Path(target)
-    if path.is_dir():
-        which = which or "last"
-        if which not in ("last", "best"):
-            raise ConfigError(f"checkpoint must be 'last' or 'best', got {which!r}.")
-        ckpt = path / f"{which}.pt"
-        if ckpt.is_file():
-            return ckpt, path
-        if which == "best":
-            raise ConfigError(
-                f"{str(path)!r} has no best.pt: train with --select-best (it keeps the epoch with the highest "
-                f"average + worst-class validation robust accuracy), or evaluate last.pt with --checkpoint last."
-            )
-        raise ConfigError(f"{str(path)!r} has no last.pt; give a fairdefense run folder or a checkpoint file.")
-    if path.is_file():
-        if which is not None:
-            raise ConfigError(
-                f"--checkpoint {which} picks a file in a run folder, but {str(path)!r} is a checkpoint file already; "
-                f"drop --checkpoint or give the run folder."
-            )
-        return path, path.parent
-    raise ConfigError(f"{str(path)!r} is neither a run folder nor a checkpoint file.")
+    ckpt, folder = RunFolder.resolve(target, which)
+    return ckpt, folder.path
 
 
 def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
     """The epochs of ``run_dir/metrics.jsonl`` in order (an epoch logged twice keeps its last line)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    by_epoch: dict[int, dict[str, Any]] = {}
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{str(path)!r} line {number} is not JSON: {exc}") from exc
-            by_epoch[int(entry["epoch"])] = entry
-    return [by_epoch[e] for e in sorted(by_epoch)]
-
-
-def _training_state(path: Path) -> dict[str, Any]:
-    state = load_checkpoint(path)
-    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
-        raise ConfigError(f"{str(path)!r} is not a fairdefense training checkpoint (format {FORMAT_VERSION}).")
-    return state
+    return RunFolder(run_dir).read_history()
 
 
 def _evaluated(
@@ -117,18 +78,18 @@ def write_report_files(
     ``confusion.png`` (when an attack has a confusion matrix) and ``report.md`` into
     ``out_dir``; returns ``{file name: path}``. The curves mark
     ``metrics["evaluated"]["best_epoch"]`` when it is set."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files = {"metrics.json": save_metrics(metrics, out / "metrics.json"),
-             "classwise.png": plot_classwise(metrics, out / "classwise.png")}
+    folder = RunFolder(out_dir)
+    folder.path.mkdir(parents=True, exist_ok=True)
+    files = {"metrics.json": save_metrics(metrics, folder.report_file("metrics.json")),
+             "classwise.png": plot_classwise(metrics, folder.report_file("classwise.png"))}
     if history:
         title = f"{metrics['run']['strategy']} on {metrics['run']['dataset']}: robust accuracy per epoch"
-        files["curves.png"] = plot_curves(history, out / "curves.png", title=title,
+        files["curves.png"] = plot_curves(history, folder.report_file("curves.png"), title=title,
                                           best_epoch=metrics["evaluated"].get("best_epoch"))
     shown = confusion_attack(metrics)
     if shown is not None:
-        files["confusion.png"] = plot_confusion(metrics, shown, out / "confusion.png")
-    report = out / "report.md"
+        files["confusion.png"] = plot_confusion(metrics, shown, folder.report_file("confusion.png"))
+    report = folder.report_file("report.md")
     report.write_text(render_report(metrics, [name for name in files if name.endswith(".png")]))
     files["report.md"] = report
     return files
@@ -188,7 +149,7 @@ def evaluate_run(
     if weights not in ("eval", "trained"):
         raise ConfigError(f"weights must be 'eval' or 'trained', got {weights!r}.")
     ckpt, run_dir = resolve_checkpoint(target, checkpoint)
-    state = _training_state(ckpt)
+    state = load_training_state(ckpt)
     config = state["config"]
     run = TrainConfig.from_dict(config)
     meta = state["data"]
@@ -217,29 +178,22 @@ def evaluate_run(
     return metrics, write_report_files(out or run_dir, metrics, history)
 
 
-def _read_config(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"{str(run_dir)!r} has no config.json; give a fairdefense run folder.")
-    return json.loads(path.read_text())
-
-
 def metrics_from_training(run_dir: str | Path) -> dict[str, Any]:
     """The ``metrics.json`` dict of a run's last test evaluation during training (``metrics.jsonl``)."""
-    run_dir = Path(run_dir)
-    config = _read_config(run_dir)
-    tested = [e for e in read_history(run_dir) if e.get("test")]
+    folder = RunFolder(run_dir)
+    config = folder.read_config()
+    tested = [e for e in folder.read_history() if e.get("test")]
     if not tested:
         raise ConfigError(
             f"{str(run_dir)!r} has no test evaluation in metrics.jsonl; run `fairdefense evaluate {run_dir}`."
         )
     last = tested[-1]
-    ckpt = run_dir / "last.pt"
-    state = _training_state(ckpt) if ckpt.is_file() else None
+    ckpt = folder.last
+    state = load_training_state(ckpt) if ckpt.is_file() else None
     return build_metrics(
         ClassReport.from_dict(last["test"]), config=config,
         evaluated=_evaluated(config, state, ckpt if state else None, "training", "eval", int(last["epoch"])),
-        eps=config["eps"], norm=config["norm"], seed=config["seed"], run_dir=run_dir,
+        eps=config["eps"], norm=config["norm"], seed=config["seed"], run_dir=folder.path,
     )
 
 
@@ -257,8 +211,8 @@ def run_metrics(target: str | Path) -> dict[str, Any]:
     path = Path(target)
     if path.is_file():
         return load_metrics(path)
-    if (path / "metrics.json").is_file():
-        return load_metrics(path / "metrics.json")
+    if path.is_dir() and RunFolder(path).report_file("metrics.json").is_file():
+        return load_metrics(RunFolder(path).report_file("metrics.json"))
     if path.is_dir():
         return metrics_from_training(path)
     raise ConfigError(f"{str(path)!r} is neither a run folder nor a metrics.json file.")
