@@ -17,7 +17,7 @@ import torch
 
 from fairdefense.errors import ConfigError
 
-__all__ = ["usable_cpus", "cgroup_cpu_limit", "set_threads"]
+__all__ = ["usable_cpus", "cgroup_cpu_limit", "default_threads", "set_threads"]
 
 _CGROUP = Path("/sys/fs/cgroup")
 
@@ -46,11 +46,20 @@ def usable_cpus() -> int:
     return max(1, n)
 
 
+def default_threads() -> int:
+    """``OMP_NUM_THREADS`` when the environment sets it (the user's choice wins); otherwise
+    :func:`usable_cpus`, shared among the processes ``torchrun`` starts on this machine
+    (``LOCAL_WORLD_SIZE``)."""
+    given = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if given.isdigit() and int(given) >= 1:
+        return int(given)
+    return max(1, usable_cpus() // int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+
+
 def set_threads(threads: int | None) -> int:
-    """Set torch's intra-op threads to ``threads`` (``None``: :func:`usable_cpus`, the default, shared
-    among the processes ``torchrun`` starts on this machine, ``LOCAL_WORLD_SIZE``); returns the number set."""
+    """Set torch's intra-op threads to ``threads`` (``None``: :func:`default_threads`); returns the number set."""
     if threads is None:
-        threads = max(1, usable_cpus() // int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+        threads = default_threads()
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ConfigError(
             f"threads must be a whole number >= 1, got {threads!r}; use 1 when several runs share the CPUs "

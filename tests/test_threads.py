@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fairdefense.errors import ConfigError
-from fairdefense.threads import cgroup_cpu_limit, set_threads, usable_cpus
+from fairdefense.threads import cgroup_cpu_limit, default_threads, set_threads, usable_cpus
 
 
 def test_cgroup_v2_quota(tmp_path):
@@ -40,7 +40,20 @@ def test_usable_cpus_is_capped_by_quota_and_affinity(monkeypatch):
     assert usable_cpus() == affinity
 
 
-def test_set_threads_applies_and_refuses_bad_values():
+def test_default_respects_omp_num_threads_then_shares_among_local_processes(monkeypatch):
+    monkeypatch.setattr("fairdefense.threads.usable_cpus", lambda: 16)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert default_threads() == 16
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert default_threads() == 4
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # several runs at once: the user's setting wins
+    assert default_threads() == 1
+
+
+def test_set_threads_applies_and_refuses_bad_values(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     before = torch.get_num_threads()
     try:
         assert set_threads(1) == 1 and torch.get_num_threads() == 1
