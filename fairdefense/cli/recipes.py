@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from fairdefense.errors import ConfigError
 
-__all__ = ["add_parser", "run", "parse_settings"]
+__all__ = ["add_parser", "run", "parse_settings", "print_resolved"]
 
 _FRACTION = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*/\s*(\d+(?:\.\d*)?)\s*$")
 
@@ -84,18 +84,27 @@ def run(args: argparse.Namespace) -> int:
 
 def _dry_run(args: argparse.Namespace) -> int:
     from fairdefense.cli.train import parse_plugin_options
-    from fairdefense.recipes import config_to_toml, resolve_recipe
+    from fairdefense.recipes import recipe_config
 
     overrides: dict[str, Any] = parse_settings(args.set)
     if args.option:
         overrides["plugin_options"] = parse_plugin_options(args.option)
-    config = resolve_recipe(args.name, overrides)
-    if args.json:
-        print(json.dumps(config.to_dict(), indent=2))
-    else:
-        sys.stdout.write(f"# fairdefense recipes {args.name} --dry-run: the resolved training config\n")
-        sys.stdout.write(config_to_toml(config))
+    print_resolved(recipe_config(args.name, overrides, require_init=False), args.json,
+                   f"fairdefense recipes {args.name} --dry-run")
     return 0
+
+
+def print_resolved(config, as_json: bool, command: str) -> None:
+    """The dry run of ``train`` and ``recipes``: print ``config`` fully resolved (plugins'
+    requirements, dataset defaults; no dataset file read) as TOML, or as JSON."""
+    from fairdefense.recipes import config_to_toml, resolve_offline
+
+    resolved = resolve_offline(config)
+    if as_json:
+        print(json.dumps(resolved.to_dict(), indent=2))
+    else:
+        sys.stdout.write(f"# {command}: the resolved training config\n")
+        sys.stdout.write(config_to_toml(resolved))
 
 
 def _print_summary(info, every_result: bool = False) -> None:

@@ -30,6 +30,10 @@ def add_parser(sub) -> None:
     p.add_argument("--objective", choices=["at", "trades"], help="base objective (default: at, or what the plugin needs)")
     p.add_argument("--recipe", metavar="NAME", help="start from a named recipe (see 'fairdefense recipes'); flags override it")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config as TOML and exit without training")
+    p.add_argument("--json", action="store_true", help="with --dry-run: JSON instead of TOML")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any training setting (repeatable), as in 'recipes --set': --set momentum=0.9 "
+                        "--set milestones=[0.5,0.75] --set eval_attacks=[\"pgd20\",\"cw20\"] --set eps=8/255")
     p.add_argument("--dataset", help="dataset name (default: digits, embedded)")
     p.add_argument("--data-dir", help="where datasets are stored / downloaded")
     p.add_argument("--model", help="model name (default: the dataset's)")
@@ -60,7 +64,9 @@ def add_parser(sub) -> None:
 
 
 def _config(args: argparse.Namespace):
-    """The TrainConfig of the command line: the recipe's settings (if any) with the flags on top."""
+    """The TrainConfig of the command line: the recipe's settings (if any) with the flags and
+    ``--set`` settings on top (a setting given both ways is an error)."""
+    from fairdefense.cli.recipes import parse_settings
     from fairdefense.config import TrainConfig
 
     given = {
@@ -72,6 +78,11 @@ def _config(args: argparse.Namespace):
         "device": args.device, "init": args.init, "out": args.out,
         "plugins": tuple(args.plugin) or None, "plugin_options": parse_plugin_options(args.option) or None,
     }
+    settings = parse_settings(args.set)
+    both = sorted(k for k in settings if given.get(k) is not None)
+    if both:
+        raise ConfigError(f"{both} given both as a flag and with --set; give each setting once.")
+    given.update(settings)
     if args.recipe:
         from fairdefense.recipes import recipe_config
 
@@ -81,6 +92,7 @@ def _config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from fairdefense.api import build_trainer, default_run_dir, resume
+    from fairdefense.cli.recipes import print_resolved
     from fairdefense.report import format_report
 
     progress = not args.no_progress
@@ -89,9 +101,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = _config(args)
         if args.dry_run:
-            from fairdefense.recipes import config_to_toml, resolve_offline
-
-            print(config_to_toml(resolve_offline(config)))
+            print_resolved(config, args.json, "fairdefense train --dry-run")
             return 0
         trainer = build_trainer(config, progress=progress)
         if trainer.run_dir is None:
