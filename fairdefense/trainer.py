@@ -36,6 +36,7 @@ from fairdefense.manager import PluginHost
 from fairdefense.metrics import ClassReport, ClassStats, summarize
 from fairdefense.objectives import make_objective
 from fairdefense.data.splits import per_class_split
+from fairdefense.tracking import Tracker
 
 __all__ = ["Trainer", "TrainResult", "load_weights", "resolve_run"]
 
@@ -220,6 +221,7 @@ class Trainer:
         self.best_score = -math.inf
         self.best_epoch: int | None = None
         self._eval_state: dict[str, Tensor] | None = None
+        self.tracker = Tracker(self.config.loggers, self.config, self.class_names)
         if self.config.init:
             load_weights(self.model, self.config.init)
 
@@ -441,6 +443,7 @@ class Trainer:
                 if self.run_dir is not None:
                     with open(self.run_dir / "metrics.jsonl", "a") as f:
                         f.write(json.dumps(entry) + "\n")
+                    self.tracker.log_epoch(self.run_dir, entry)
                     self.save(self.run_dir / "last.pt")
                     if improved:
                         self.save(self.run_dir / "best.pt")
@@ -448,6 +451,8 @@ class Trainer:
             if self.run_dir is not None:
                 print(f"\ninterrupted: resume with  fairdefense train --resume {self.run_dir / 'last.pt'}")
             raise
+        if self.run_dir is not None:
+            self.tracker.finish(self.run_dir)
         final = self.history[-1].get("test") if self.history else None
         return TrainResult(
             model=self.model, eval_model=self._eval_module(),

@@ -60,6 +60,9 @@ def add_parser(sub) -> None:
     p.add_argument("--init", metavar="CKPT", help="fine-tune from these weights (checkpoint or state_dict)")
     p.add_argument("--resume", metavar="CKPT", help="continue an interrupted run exactly")
     p.add_argument("--out", metavar="DIR", help="run folder (default runs/<dataset>-<plugins>-<objective>-s<seed>)")
+    p.add_argument("--log", action="append", default=[], metavar="LOGGER",
+                   help="experiment tracking (repeatable or comma-separated): tensorboard, mlflow, or an installed "
+                        "logger; needs the extra of the same name, e.g. pip install 'fairdefense[tensorboard]'")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -77,6 +80,7 @@ def _config(args: argparse.Namespace):
         "channels_last": args.channels_last, "compile": args.compile, "workers": args.workers, "seed": args.seed,
         "device": args.device, "init": args.init, "out": args.out,
         "plugins": tuple(args.plugin) or None, "plugin_options": parse_plugin_options(args.option) or None,
+        "loggers": tuple(n.strip() for item in args.log for n in item.split(",") if n.strip()) or None,
     }
     settings = parse_settings(args.set)
     both = sorted(k for k in settings if given.get(k) is not None)
