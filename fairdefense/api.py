@@ -1,6 +1,7 @@
 """High-level entry points: train on a named dataset, resume a run, evaluate a checkpoint."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -15,6 +16,7 @@ from fairdefense.evaluation import evaluate
 from fairdefense.metrics import ClassReport
 from fairdefense.models import create_model
 from fairdefense.trainer import Trainer, TrainResult
+from fairdefense.zoo import is_zoo, zoo_model
 
 __all__ = ["build_trainer", "train", "resume", "evaluate_checkpoint", "default_run_dir"]
 
@@ -35,22 +37,31 @@ def build_trainer(
     """Load ``config.dataset``, build ``config.model`` and return a ready :class:`Trainer`.
 
     Writes to ``config.out`` (``None``: nothing written). The model is initialised
-    under ``config.seed``.
+    under ``config.seed``. ``config.init="robustbench:<name>"`` starts from a RobustBench
+    zoo model instead (see :mod:`fairdefense.zoo`).
     """
     bundle = load_dataset(config.dataset, config.data_dir, download=download)
     model_name = config.model or bundle.defaults.get("model", "small_cnn")
     torch.manual_seed(config.seed)
-    model = create_model(model_name, bundle.num_classes, bundle.input_shape, bundle.mean, bundle.std)
+    mean, std, init = bundle.mean, bundle.std, config.init
+    if is_zoo(init):  # a RobustBench model with its weights; it normalises its inputs itself
+        model_name, model = zoo_model(config, download)
+        mean = std = None
+        config = dataclasses.replace(config, model=model_name, init=None)
+    else:
+        model = create_model(model_name, bundle.num_classes, bundle.input_shape, bundle.mean, bundle.std)
     meta = {
         "dataset": bundle.name, "model": model_name, "input_shape": list(bundle.input_shape),
-        "mean": None if bundle.mean is None else list(bundle.mean),
-        "std": None if bundle.std is None else list(bundle.std), "clip": list(bundle.clip),
+        "mean": None if mean is None else list(mean),
+        "std": None if std is None else list(std), "clip": list(bundle.clip),
     }
-    return Trainer(
+    trainer = Trainer(
         model, bundle.train, bundle.class_names, config, plugins, test_data=bundle.test, clip=tuple(bundle.clip),
         train_targets=bundle.train_targets, augment=bundle.augment, dataset_defaults=bundle.defaults,
         data_meta=meta, run_dir=config.out, progress=progress,
     )
+    trainer.config.init = init
+    return trainer
 
 
 def train(

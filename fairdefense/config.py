@@ -53,6 +53,7 @@ class TrainConfig:
     compile: bool | None = None
     workers: int | None = None
     init: str | None = None
+    model_dir: str | None = None
     out: str | None = None
     plugins: tuple[str, ...] = ()
     plugin_options: dict[str, dict[str, Any]] = field(default_factory=dict)

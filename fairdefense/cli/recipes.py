@@ -98,7 +98,10 @@ def print_resolved(config, as_json: bool, command: str) -> None:
     """The dry run of ``train`` and ``recipes``: print ``config`` fully resolved (plugins'
     requirements, dataset defaults; no dataset file read) as TOML, or as JSON."""
     from fairdefense.recipes import config_to_toml, resolve_offline
+    from fairdefense.zoo import is_zoo, zoo_id
 
+    if is_zoo(config.init) and config.model is None:  # the architecture the zoo model brings
+        config.model = zoo_id(config.init, config.dataset, config.norm)
     resolved = resolve_offline(config)
     if as_json:
         print(json.dumps(resolved.to_dict(), indent=2))

@@ -57,7 +57,9 @@ def add_parser(sub) -> None:
     p.add_argument("--workers", type=int, help="data loader worker processes (default 0)")
     p.add_argument("--seed", type=int, help="seed of initialisation, data order and attacks (default 0)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--init", metavar="CKPT", help="fine-tune from these weights (checkpoint or state_dict)")
+    p.add_argument("--init", metavar="CKPT", help="fine-tune from these weights (checkpoint or state_dict), or "
+                                                "robustbench:NAME, a RobustBench zoo model (for --dataset and --norm)")
+    p.add_argument("--model-dir", help="RobustBench's cache folder for --init robustbench:NAME (default ./models)")
     p.add_argument("--resume", metavar="CKPT", help="continue an interrupted run exactly")
     p.add_argument("--out", metavar="DIR", help="run folder (default runs/<dataset>-<plugins>-<objective>-s<seed>)")
     p.add_argument("--log", action="append", default=[], metavar="LOGGER",
@@ -78,7 +80,7 @@ def _config(args: argparse.Namespace):
         "schedule": args.schedule, "eps": args.eps, "eps_step": args.eps_step, "attack_steps": args.attack_steps,
         "norm": args.norm, "random_start": args.random_start, "val_size": args.val_size, "select_best": args.select_best, "amp": args.amp,
         "channels_last": args.channels_last, "compile": args.compile, "workers": args.workers, "seed": args.seed,
-        "device": args.device, "init": args.init, "out": args.out,
+        "device": args.device, "init": args.init, "model_dir": args.model_dir, "out": args.out,
         "plugins": tuple(args.plugin) or None, "plugin_options": parse_plugin_options(args.option) or None,
         "loggers": tuple(n.strip() for item in args.log for n in item.split(",") if n.strip()) or None,
     }
