@@ -16,7 +16,6 @@ from fairdefense.evaluation import evaluate
 from fairdefense.metrics import ClassReport
 from fairdefense.models import create_model
 from fairdefense.trainer import Trainer, TrainResult
-from fairdefense.zoo import is_zoo, zoo_model
 
 __all__ = ["build_trainer", "train", "resume", "evaluate_checkpoint", "default_run_dir"]
 
@@ -40,6 +39,8 @@ def build_trainer(
     under ``config.seed``. ``config.init="robustbench:<name>"`` starts from a RobustBench
     zoo model instead (see :mod:`fairdefense.zoo`).
     """
+    from fairdefense.zoo import is_zoo, zoo_model  # lazily: python -m fairdefense.zoo runs that module
+
     bundle = load_dataset(config.dataset, config.data_dir, download=download)
     model_name = config.model or bundle.defaults.get("model", "small_cnn")
     torch.manual_seed(config.seed)

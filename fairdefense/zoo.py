@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import difflib
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -106,9 +107,11 @@ def import_robustbench():
         sys.modules["autoattack"], sys.modules["autoattack.state"] = pyautoattack, pyautoattack.state
         lent = ["autoattack", "autoattack.state"]
     try:
-        require("robustbench", "robustbench", "RobustBench models")
-        import robustbench.model_zoo as zoo
-        import robustbench.utils as utils
+        with warnings.catch_warnings():  # its imports' deprecation notices (timm, pkg_resources, torch.jit)
+            warnings.simplefilter("ignore")
+            require("robustbench", "robustbench", "RobustBench models")
+            import robustbench.model_zoo as zoo
+            import robustbench.utils as utils
     except ModuleNotFoundError as exc:
         if exc.name != "pkg_resources":
             raise
@@ -123,9 +126,9 @@ def import_robustbench():
 
 
 def _entry(model: str) -> dict[str, Any]:
+    _, zoo = import_robustbench()
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
 
-    _, zoo = import_robustbench()
     dataset, threat, name = parse_zoo_id(model)
     datasets = {d.value: d for d in BenchmarkDataset}
     if dataset not in datasets:
