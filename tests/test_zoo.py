@@ -105,6 +105,8 @@ def test_evaluate_a_zoo_model_writes_a_runs_reports(cache, cifar, tmp_path, caps
     expected = accuracy_by_hand(model, *written["test"])
     assert {c: metrics["clean"]["acc"][c] for c in expected} == pytest.approx(expected)
     assert f"robustbench:{NAME} on cifar10" in capsys.readouterr().out
+    assert main(["compare", str(out), "--out", str(tmp_path / "board")]) == 0  # beside runs in a leaderboard
+    assert f"robustbench:{NAME}" in (tmp_path / "board" / "leaderboard.md").read_text()
 
 
 def test_absent_weights_offline_name_the_file_folder_and_command(robustbench, tmp_path, monkeypatch):
