@@ -12,7 +12,8 @@ from fairdefense.cli import main
 from fairdefense.errors import ConfigError, MissingDependencyError
 from fairdefense.tracking import LOGGERS, Tracker, config_params, epoch_scalars
 
-SMALL = dict(epochs=2, attack_steps=1, batch_size=512, device="cpu", val_size=0.1, select_best=True)
+SMALL = dict(epochs=2, attack_steps=1, batch_size=512, device="cpu", val_size=0.1, select_best=True, val_steps=2,
+             eval_attacks=("pgd2",))
 
 
 def history(run_dir) -> list[dict]:
@@ -98,9 +99,9 @@ def test_tensorboard_event_files_hold_every_series(tmp_path):
     tags = events.Tags()
     lines = history(run)
     for name in result.report.class_names:
-        series = events.Scalars(f"test/robust_acc/pgd20/{name}")
+        series = events.Scalars(f"test/robust_acc/pgd2/{name}")
         assert [(s.step, s.value) for s in series] == [
-            (line["epoch"], pytest.approx(line["test"]["robust_acc"]["pgd20"][int(name)], abs=1e-6)) for line in lines]
+            (line["epoch"], pytest.approx(line["test"]["robust_acc"]["pgd2"][int(name)], abs=1e-6)) for line in lines]
         assert len(events.Scalars(f"train/robust_acc/{name}")) == 2 and len(events.Scalars(f"val/clean_acc/{name}")) == 2
     assert [s.value for s in events.Scalars("lr")] == pytest.approx([line["lr"] for line in lines])
     assert [s.value for s in events.Scalars("images_per_s")] == pytest.approx([line["images_per_s"] for line in lines])
@@ -117,7 +118,7 @@ def test_mlflow_file_store_holds_params_metrics_and_artifacts_and_resume_continu
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "fair-test")
     run = tmp_path / "run"
     argv = ["train", "--epochs", "2", "--attack-steps", "1", "--batch-size", "512", "--device", "cpu", "--no-progress",
-            "--log", "tensorboard,mlflow", "--out", str(run), "--plugin", "faal", "-o", "faal.r=0.3"]
+            "--log", "tensorboard,mlflow", "--set", 'eval_attacks=["pgd2"]', "--out", str(run), "--plugin", "faal", "-o", "faal.r=0.3"]
     assert main(argv) == 0
     client = MlflowClient(uri)
     (mlrun,) = client.search_runs([client.get_experiment_by_name("fair-test").experiment_id])
@@ -125,9 +126,9 @@ def test_mlflow_file_store_holds_params_metrics_and_artifacts_and_resume_continu
     assert mlrun.data.params["plugins"] == '["faal"]' and mlrun.data.params["plugin_options.faal.r"] == "0.3"
     lines = history(run)
     for c, name in enumerate(lines[0]["test"]["class_names"]):
-        metric = client.get_metric_history(mlrun.info.run_id, f"test/robust_acc/pgd20/{name}")
+        metric = client.get_metric_history(mlrun.info.run_id, f"test/robust_acc/pgd2/{name}")
         assert sorted((m.step, m.value) for m in metric) == [
-            (line["epoch"], pytest.approx(line["test"]["robust_acc"]["pgd20"][c])) for line in lines]
+            (line["epoch"], pytest.approx(line["test"]["robust_acc"]["pgd2"][c])) for line in lines]
     artifacts = {a.path for a in client.list_artifacts(mlrun.info.run_id, "report")}
     assert artifacts == {"report/metrics.json", "report/report.md", "report/classwise.png", "report/curves.png"}
     assert (run / "tensorboard").is_dir()  # both loggers at once
