@@ -84,7 +84,9 @@ def add_parser(sub) -> None:
         description="List installed plugins (names containing FILTER). Given a plugin's exact name, also show its "
                     "options with their types, defaults and help (set them with -o NAME.OPTION=VALUE).",
     )
-    pl.add_argument("filter", nargs="?", metavar="NAME_OR_FILTER", help="a plugin's name, or part of names")
+    pl.add_argument("filter", nargs="?", metavar="NAME_OR_FILTER",
+                    help="a plugin's exact name (its options are shown too), or only names containing this "
+                         "(case-insensitive), or matching it if it has * ? [...]")
 
 
 def run(args: argparse.Namespace) -> int:
