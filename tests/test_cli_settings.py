@@ -88,9 +88,11 @@ def test_option_help_from_metadata_and_docstring():
             beta: float = 2.0
             gamma: int = field(default=3, metadata={"help": "from metadata"})
             delta: bool = False
+            radii: list = field(default_factory=lambda: [1, 2])
 
     options = {o.name: o for o in plugin_options(Demo)}
     assert options["alpha"].help == options["beta"].help == "two weights, described on two lines."
     assert (options["gamma"].type, options["gamma"].default, options["gamma"].help) == ("int", 3, "from metadata")
     assert options["delta"].help == "" and options["delta"].type == "bool"
+    assert options["radii"].default == [1, 2]
     assert plugin_options(object) == []

@@ -70,12 +70,18 @@ def plugin_options(plugin: Any) -> list[OptionInfo]:
     options_cls = plugin.Options
     hints = typing.get_type_hints(options_cls)
     documented = _docstring_help(options_cls)
-    defaults = plugin.option_defaults()
     return [
-        OptionInfo(f.name, _type_name(hints[f.name]), defaults[f.name],
-                   str(f.metadata.get("help", documented.get(f.name, ""))))
+        OptionInfo(f.name, _type_name(hints[f.name]), _default(f), str(f.metadata.get("help", documented.get(f.name, ""))))
         for f in dataclasses.fields(options_cls)
     ]
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return "(required)"
 
 
 def add_parser(sub) -> None:
