@@ -4,10 +4,10 @@ A logger is chosen by name (``--log tensorboard --log mlflow``, ``TrainConfig.lo
 ``fairdefense.train(loggers=[...])``). Each epoch it receives the scalars of that epoch's
 ``metrics.jsonl`` line (:func:`epoch_scalars`: loss, lr, images/s, times, and every
 per-class accuracy as one series per class name, with its summaries), at the step of the
-epoch's number; at the end of training it receives the report files (``metrics.json``,
-``report.md``, ``classwise.png``, ``curves.png``) of the final test evaluation. The
-trainer calls loggers where it writes ``metrics.jsonl``: only with a run folder, and
-only from the process that writes it.
+epoch's number. The trainer calls loggers where it writes ``metrics.jsonl``: only with a
+run folder, and only from the process that writes it. When the report files of the final
+test evaluation are written (``metrics.json``, ``report.md``, ``classwise.png``,
+``curves.png``; ``fairdefense train`` writes them), :func:`log_report_files` sends them.
 
 Loggers are not hooks of the plugin contract: a strategy changes what is trained (it is
 recorded in checkpoints and must match on resume), a logger only watches. A logger is a
@@ -27,7 +27,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
@@ -42,6 +41,7 @@ __all__ = [
     "epoch_scalars",
     "config_params",
     "Tracker",
+    "log_report_files",
     "TensorBoardLogger",
     "MLflowLogger",
 ]
@@ -233,7 +233,7 @@ class Tracker:
     """The loggers of one training run, opened at the first epoch logged.
 
     ``names`` are checked at once (unknown names are an error). :meth:`log_epoch` and
-    :meth:`finish` are called by the trainer where it writes ``metrics.jsonl``; with no
+    :meth:`close` are called by the trainer where it writes ``metrics.jsonl``; with no
     names they do nothing.
     """
 
@@ -256,20 +256,20 @@ class Tracker:
         for logger in self._open(run_dir):
             logger.log_scalars(scalars, int(entry["epoch"]))
 
-    def finish(self, run_dir: Path) -> None:
-        """Send the report files of the run's final test evaluation (rendered into a temporary
-        folder, not into the run folder), then close the loggers."""
-        if not self.factories:
-            return
-        from fairdefense.reports.runs import metrics_from_training, read_history, write_report_files
-
-        loggers = self._open(run_dir)
-        history = read_history(run_dir)
-        with tempfile.TemporaryDirectory() as folder:
-            if any(entry.get("test") for entry in history):
-                files = write_report_files(folder, metrics_from_training(run_dir), history)
-                for logger in loggers:
-                    logger.log_files(files)
-        for logger in loggers:
+    def close(self) -> None:
+        """Close the loggers opened (at the end of training)."""
+        for logger in self.loggers or []:
             logger.close()
         self.loggers = None
+
+
+def log_report_files(run_dir: str | Path, config: Any, files: Mapping[str, Path]) -> None:
+    """Send a finished run's report files (``{file name: path}``, as
+    :func:`~fairdefense.reports.write_run_report` returns them) to the loggers of
+    ``config.loggers``: each is opened again on ``run_dir`` (MLflow continues the run's
+    MLflow run), receives the files and is closed. ``fairdefense train`` calls it after
+    writing the report files."""
+    for factory in Tracker(config.loggers, config, []).factories:
+        logger = factory(Path(run_dir), config)
+        logger.log_files(files)
+        logger.close()

@@ -454,7 +454,7 @@ class Trainer:
                 print(f"\ninterrupted: resume with  fairdefense train --resume {self.run_dir / 'last.pt'}")
             raise
         if self.run_dir is not None:
-            self.tracker.finish(self.run_dir)
+            self.tracker.close()
         final = self.history[-1].get("test") if self.history else None
         return TrainResult(
             model=self.model, eval_model=self._eval_module(),

@@ -10,7 +10,8 @@ import pytest
 import fairdefense
 from fairdefense.cli import main
 from fairdefense.errors import ConfigError, MissingDependencyError
-from fairdefense.tracking import LOGGERS, Tracker, config_params, epoch_scalars
+from fairdefense.reports import write_run_report
+from fairdefense.tracking import LOGGERS, Tracker, config_params, epoch_scalars, log_report_files
 
 SMALL = dict(epochs=2, attack_steps=1, batch_size=512, device="cpu", val_size=0.1, select_best=True, val_steps=2,
              eval_attacks=("pgd2",))
@@ -61,20 +62,22 @@ class Recording:
         self.calls.append(("close",))
 
 
-def test_a_logger_sees_each_epoch_then_the_report_files_then_closes(tmp_path, monkeypatch):
+def test_a_logger_sees_each_epoch_then_closes_then_the_report_files(tmp_path, monkeypatch):
     monkeypatch.setitem(LOGGERS, "recording", Recording)
     Recording.calls = []
-    result = fairdefense.train(loggers=["recording"], out=str(tmp_path / "run"), progress=False, **SMALL)
-    kinds = [c[0] for c in Recording.calls]
-    assert kinds == ["open", "scalars", "scalars", "files", "close"]
+    run = tmp_path / "run"
+    result = fairdefense.train(loggers=["recording"], out=str(run), progress=False, **SMALL)
+    assert [c[0] for c in Recording.calls] == ["open", "scalars", "scalars", "close"]
     assert Recording.calls[0] == ("open", "run", ("recording",))
-    lines = history(tmp_path / "run")
+    lines = history(run)
     for (_, step, scalars), line in zip(Recording.calls[1:3], lines):
         assert step == line["epoch"] and scalars == epoch_scalars(line, result.report.class_names)
         assert scalars["lr"] == line["lr"] and scalars["images_per_s"] == line["images_per_s"]
         assert scalars["val_score"] == line["val_score"]
-    assert Recording.calls[3] == ("files", ["classwise.png", "curves.png", "metrics.json", "report.md"])
-    assert not (tmp_path / "run" / "report.md").exists()  # rendered for the loggers only
+    Recording.calls = []
+    log_report_files(run, result.config, write_run_report(run))
+    assert Recording.calls == [("open", "run", ("recording",)),
+                               ("files", ["classwise.png", "curves.png", "metrics.json", "report.md"]), ("close",)]
     # without a run folder (nothing written, as for metrics.jsonl) no logger is called
     Recording.calls = []
     fairdefense.train(loggers=["recording"], progress=False, **{**SMALL, "epochs": 1})
@@ -95,6 +98,7 @@ def test_tensorboard_event_files_hold_every_series(tmp_path):
 
     run = tmp_path / "run"
     result = fairdefense.train(loggers=["tensorboard"], out=str(run), progress=False, **SMALL)
+    log_report_files(run, result.config, write_run_report(run))
     events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0, "images": 0}).Reload()
     tags = events.Tags()
     lines = history(run)

@@ -22,7 +22,7 @@ def evaluate(args: argparse.Namespace, attacks: Sequence[str], autoattack: Seque
              ) -> tuple[dict[str, Any], dict[str, Path]]:
     """Evaluate ``args.checkpoint`` (``robustbench:NAME``) as ``fairdefense evaluate`` does a run."""
     from fairdefense.errors import ConfigError
-    from fairdefense.zoo import evaluate_zoo
+    from fairdefense.reports.zoo import evaluate_zoo
 
     if args.which or args.weights != "eval":
         raise ConfigError("--checkpoint and --weights choose among a run's weights; a RobustBench model has one set.")

@@ -71,7 +71,7 @@ def add_parser(sub) -> None:
 def _config(args: argparse.Namespace):
     """The TrainConfig of the command line: the recipe's settings (if any) with the flags and
     ``--set`` settings on top (a setting given both ways is an error)."""
-    from fairdefense.cli.recipes import parse_settings
+    from fairdefense.cli._settings import parse_settings
     from fairdefense.config import TrainConfig
 
     given = {
@@ -98,7 +98,7 @@ def _config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from fairdefense.api import build_trainer, default_run_dir, resume
-    from fairdefense.cli.recipes import print_resolved
+    from fairdefense.cli._settings import print_resolved
     from fairdefense.report import format_report
 
     progress = not args.no_progress
@@ -115,8 +115,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"run folder: {trainer.run_dir}")
         result = trainer.fit()
     from fairdefense.reports import write_run_report
+    from fairdefense.tracking import log_report_files
 
-    write_run_report(result.run_dir)
+    log_report_files(result.run_dir, result.config, write_run_report(result.run_dir))
     label = "+".join(result.config.plugins) or f"baseline ({result.config.objective})"
     if result.report is not None:
         print(format_report(result.report, title=f"\n{label} on {result.config.dataset}: test set, eps={result.config.eps:g}"))
