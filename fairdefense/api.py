@@ -1,6 +1,7 @@
 """High-level entry points: train on a named dataset, resume a run, evaluate a checkpoint."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -37,7 +38,11 @@ def build_trainer(
 
     Writes to ``config.out`` (``None``: nothing written; a folder holding another run is
     refused unless ``overwrite``). The model is initialised under ``config.seed``.
+    ``config.init="robustbench:<name>"`` starts from a RobustBench zoo model instead (see
+    :mod:`fairdefense.zoo`).
     """
+    from fairdefense.zoo import is_zoo, zoo_model  # lazily: python -m fairdefense.zoo runs that module
+
     distributed.init_from_env()
     if not distributed.is_main():  # the main process downloads first; the others read its copy
         distributed.barrier()
@@ -46,17 +51,25 @@ def build_trainer(
         distributed.barrier()
     model_name = config.model or bundle.defaults.get("model", "small_cnn")
     torch.manual_seed(config.seed)
-    model = create_model(model_name, bundle.num_classes, bundle.input_shape, bundle.mean, bundle.std)
+    mean, std, init = bundle.mean, bundle.std, config.init
+    if is_zoo(init):  # a RobustBench model with its weights; it normalises its inputs itself
+        model_name, model = zoo_model(config, download)
+        mean = std = None
+        config = dataclasses.replace(config, model=model_name, init=None)
+    else:
+        model = create_model(model_name, bundle.num_classes, bundle.input_shape, bundle.mean, bundle.std)
     meta = {
         "dataset": bundle.name, "model": model_name, "input_shape": list(bundle.input_shape),
-        "mean": None if bundle.mean is None else list(bundle.mean),
-        "std": None if bundle.std is None else list(bundle.std), "clip": list(bundle.clip),
+        "mean": None if mean is None else list(mean),
+        "std": None if std is None else list(std), "clip": list(bundle.clip),
     }
-    return Trainer(
+    trainer = Trainer(
         model, bundle.train, bundle.class_names, config, plugins, test_data=bundle.test, clip=tuple(bundle.clip),
         train_targets=bundle.train_targets, augment=bundle.augment, dataset_defaults=bundle.defaults,
         data_meta=meta, run_dir=config.out, progress=progress, overwrite=overwrite,
     )
+    trainer.config.init = init
+    return trainer
 
 
 def train(

@@ -57,9 +57,11 @@ class TrainConfig:
     log_every: int | None = None
     sync_bn: bool | None = None
     init: str | None = None
+    model_dir: str | None = None
     out: str | None = None
     plugins: tuple[str, ...] = ()
     plugin_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    loggers: tuple[str, ...] = ()
 
     def explicit(self) -> set[str]:
         """Names of the fields the user set (not ``None``)."""
@@ -75,7 +77,7 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown setting(s) {sorted(unknown)}; valid settings: {sorted(names)}.")
         values = dict(data)
-        for key in ("milestones", "eval_attacks", "plugins"):
+        for key in ("milestones", "eval_attacks", "plugins", "loggers"):
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
         return cls(**values)

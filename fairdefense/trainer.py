@@ -42,6 +42,7 @@ from fairdefense.objectives import Terms, make_objective
 from fairdefense.splits import per_class_split
 from fairdefense.run_folder import RunFolder, is_training_state, load_training_state
 from fairdefense.sharding import ShardedLoader
+from fairdefense.tracking import Tracker
 
 __all__ = ["Trainer", "TrainResult", "StepOutput", "load_weights", "resolve_run"]
 
@@ -275,6 +276,7 @@ class Trainer:
         self.best_score = -math.inf
         self.best_epoch: int | None = None
         self._eval_state: dict[str, Tensor] | None = None
+        self.tracker = Tracker(self.config.loggers, self.config, self.class_names)
         if self.config.init:
             load_weights(self.model, self.config.init)
 
@@ -599,6 +601,8 @@ class Trainer:
                         self.best_score, self.best_epoch = entry["val_score"], self.epoch
                     if self.folder is not None:
                         self.folder.append_history(entry)
+                        if distributed.is_main():  # trackers see what metrics.jsonl holds, written by the main process
+                            self.tracker.log_epoch(self.folder.path, entry)
                         state = self.state_dict()
                         self.folder.save(state, "last")
                         if improved:
@@ -607,6 +611,8 @@ class Trainer:
             if self.folder is not None and distributed.is_main():
                 print(f"\ninterrupted: resume with  fairdefense train --resume {self.folder.last}")
             raise
+        if self.folder is not None:
+            self.tracker.close()
         final = self.history[-1].get("test") if self.history else None
         return TrainResult(
             model=self.model, eval_model=self._eval_module(),

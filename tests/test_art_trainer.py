@@ -228,11 +228,6 @@ def test_bad_inputs_are_refused_with_the_fix():
         FairAdversarialTrainer(clf, eps=0.1, plugins=["no-such-plugin"])
     with pytest.raises(ConfigError, match="class_names has 2 names"):
         FairAdversarialTrainer(clf, eps=0.1, class_names=["a", "b"])
-    model = TinyCNN()
-    no_clip = PyTorchClassifier(model, nn.CrossEntropyLoss(), (1, 8, 8), 10,
-                                optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
-    with pytest.raises(ConfigError, match="no clip_values"):
-        FairAdversarialTrainer(no_clip, eps=0.1)
     x, y = digits(16)
     trainer = FairAdversarialTrainer(clf, eps=0.1, max_iter=1, progress=False)
     with pytest.raises(ConfigError, match="ReduceLROnPlateau"):

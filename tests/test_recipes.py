@@ -52,7 +52,7 @@ def test_every_recipe_resolves_offline(name):
         else:
             assert getattr(resolved, key) == (tuple(value) if isinstance(value, list) else value), key
     assert resolved.eps == 8 / 255 and resolved.norm == "linf" and resolved.attack_steps == 10
-    assert resolved.init is None and resolved.dataset in ("cifar10", "cifar100")
+    assert resolved.init in (None, recipe.config.get("init")) and resolved.dataset in ("cifar10", "cifar100")
     if recipe.starts_from:
         assert recipe.starts_from in RECIPES
         with pytest.raises(ConfigError, match=f"--init.*{recipe.starts_from}"):

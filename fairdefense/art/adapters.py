@@ -22,6 +22,7 @@ random restarts, norms other than L-inf and L2).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,8 @@ __all__ = [
     "check_settings",
 ]
 
+_log = logging.getLogger("fairdefense.art")
+
 
 @dataclass
 class ARTParts:
@@ -50,7 +53,9 @@ class ARTParts:
 
     ``module`` is the user's own network (``classifier.model``); ``model`` is the
     network with the classifier's preprocessing folded in (``module`` itself when
-    there is none): it takes the classifier's raw inputs. ``clip`` is ``None`` or
+    there is none): it takes the classifier's raw inputs. ``clip`` is ``None``
+    (no ``clip_values``: unbounded inputs, which attacks do not clip, as in ART; logged
+    once per :func:`unwrap` on the ``fairdefense.art`` logger at INFO level) or
     ``(low, high)`` as floats, or as tensors of the input's shape for per-feature
     bounds.
     """
@@ -155,6 +160,8 @@ def _fold(classifier: Any) -> list[tuple[nn.Module, bool, bool]]:
 def _clip(classifier: Any, device: torch.device) -> tuple | None:
     values = classifier.clip_values
     if values is None:
+        _log.info("the classifier has no clip_values: its inputs are unbounded, so attacks do not clip them "
+                  "(as ART's own attacks do)")
         return None
     low, high = (np.asarray(v, dtype=np.float32) for v in values)
     if low.size == 1 and high.size == 1:

@@ -45,9 +45,10 @@ def per_class_robustness(
     """Per-class clean and robust accuracy of ``classifier`` on ``x``, ``y``.
 
     ``attack`` is ``None`` (``"pgd20"``), one or more fairdefense attack names
-    (``"pgdK"``, ``"cwK"``; these need ``eps`` and ``norm`` and a ``PyTorchClassifier``
-    with ``clip_values``) or an ART ``EvasionAttack``, whose own settings apply and
-    whose name in the report is its class name. ``y`` holds class indices or
+    (``"pgdK"``, ``"cwK"``; these need ``eps`` and ``norm`` and a ``PyTorchClassifier``;
+    without ``clip_values`` the inputs are unbounded and not clipped, as in ART) or an
+    ART ``EvasionAttack``, whose own settings apply and whose name in the report is its
+    class name. ``y`` holds class indices or
     one-hot rows. Attacks and predictions run ``batch_size`` samples at a time.
     """
     from art.attacks.attack import EvasionAttack
@@ -72,11 +73,6 @@ def per_class_robustness(
             f"(e.g. eps=8/255 for images in [0, 1])."
         )
     parts = unwrap(classifier)
-    if parts.clip is None:
-        raise ConfigError(
-            "the classifier has no clip_values, which fairdefense's attacks need to stay in the valid input "
-            "range; set clip_values=(min, max), or pass an ART attack instead."
-        )
     x_t = to_inputs(x, parts.input_shape)
     loader = DataLoader(TensorDataset(x_t, to_labels(y, nb, len(x_t))), batch_size=batch_size)
     return evaluate(

@@ -74,7 +74,9 @@ class FairAdversarialTrainer(ARTTrainer):
         The ``PyTorchClassifier`` to train. Its module (``classifier.model``) and
         optimizer are trained in place; its preprocessing (mean/std, PyTorch
         preprocessing defences) is folded into the forward pass so that attacks run
-        in input space, where ``clip_values`` and ``eps`` are given.
+        in input space, where ``clip_values`` and ``eps`` are given. Without
+        ``clip_values`` the inputs are unbounded: attack iterates stay in the eps-ball
+        and are not clipped, as ART's own attacks do.
     attack:
         Optional ART ``ProjectedGradientDescent`` on ``classifier`` whose ``eps``,
         ``eps_step``, ``max_iter``, ``norm`` and ``num_random_init`` are used (not its
@@ -155,12 +157,6 @@ class FairAdversarialTrainer(ARTTrainer):
             raise ConfigError(
                 "eps is required: the attack radius in the classifier's input units (e.g. eps=8/255 for images "
                 "in [0, 1]); or pass an ART ProjectedGradientDescent as attack."
-            )
-        if self.parts.clip is None:
-            raise ConfigError(
-                "the classifier has no clip_values, which the attack needs to stay in the data's valid range; "
-                "create it with clip_values=(min, max) (per-feature arrays for tabular data), or "
-                "clip_values=(-np.inf, np.inf) if the inputs are unbounded."
             )
         wanted_device = str(self.parts.device)
         if cfg.device is not None and torch.device(cfg.device) != self.parts.device:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from fairdefense.cli._zoo import add_arguments as add_zoo_arguments
 from fairdefense.errors import ConfigError
 
 __all__ = ["add_parser", "run"]
@@ -16,7 +17,8 @@ def add_parser(sub) -> None:
         description="Evaluate a run folder (last.pt, or best.pt with --checkpoint best) or a checkpoint file on its "
                     "test split and write metrics.json, report.md, classwise.png and curves.png.",
     )
-    e.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="a run folder or a checkpoint file")
+    e.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT",
+                   help="a run folder, a checkpoint file, or robustbench:NAME (a RobustBench zoo model)")
     e.add_argument("--attacks", default="clean,pgd20,cw20,autoattack",
                    help="comma-separated from clean, pgdK, cwK, autoattack (default: %(default)s; "
                         "clean accuracy is always measured)")
@@ -33,6 +35,7 @@ def add_parser(sub) -> None:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", metavar="DIR", help="where the report files go (default: the run folder)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_zoo_arguments(e)
 
 
 def _split(text: str | None) -> list[str] | None:
@@ -47,11 +50,16 @@ def run(args: argparse.Namespace) -> int:
     attacks = [a for a in _split(args.attacks) or [] if a != "clean"]
     if not attacks:
         raise ConfigError("--attacks needs at least one attack besides clean, e.g. --attacks clean,pgd20.")
-    metrics, files = evaluate_run(
-        args.checkpoint, attacks, checkpoint=args.which, eps=args.eps, n_samples=args.n_samples,
-        batch_size=args.batch_size, weights=args.weights, device=args.device, seed=args.seed,
-        autoattack=_split(args.autoattack_set), progress=not args.no_progress, out=args.out,
-    )
+    if args.checkpoint.startswith("robustbench:"):
+        from fairdefense.cli._zoo import evaluate as evaluate_zoo
+
+        metrics, files = evaluate_zoo(args, attacks, _split(args.autoattack_set))
+    else:
+        metrics, files = evaluate_run(
+            args.checkpoint, attacks, checkpoint=args.which, eps=args.eps, n_samples=args.n_samples,
+            batch_size=args.batch_size, weights=args.weights, device=args.device, seed=args.seed,
+            autoattack=_split(args.autoattack_set), progress=not args.no_progress, out=args.out,
+        )
     ev = metrics["evaluated"]
     title = f"{metrics['run']['strategy']} on {metrics['run']['dataset']}: {ev['checkpoint']} (epoch {ev['epoch']}, " \
             f"{ev['weights_used']} weights), eps={eps_text(metrics['settings']['eps'])}"

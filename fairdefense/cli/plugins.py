@@ -1,18 +1,104 @@
-"""``fairdefense plugins``: list the installed strategies."""
+"""``fairdefense plugins``: list the installed strategies; ``fairdefense plugins NAME``: one
+plugin with its options (type, default, help).
+
+An option's help is its dataclass field's ``metadata["help"]``, else the text after
+````name``:`` in the ``Options`` docstring (the convention of the built-in plugins)::
+
+    @dataclass
+    class Options:
+        \"\"\"``r``: radius of the KL ball.\"\"\"
+        r: float = 0.5
+        begin: int = field(default=0, metadata={"help": "first epoch with weighting"})
+"""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
+import re
+import typing
+from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "run", "OptionInfo", "plugin_options"]
+
+#: ````a``/``b``: text`` at the start of a docstring line: the options the text describes.
+_DOC_ENTRY = re.compile(r"^\s*((?:``\w+``\s*(?:/|,|and)?\s*)+):\s*(.*)$")
+
+
+@dataclass(frozen=True)
+class OptionInfo:
+    """One option of a plugin: its name, type, default and help."""
+
+    name: str
+    type: str
+    default: Any
+    help: str
+
+
+def _type_name(annotation: Any) -> str:
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def _docstring_help(options_cls: type) -> dict[str, str]:
+    """``{option: text}`` from ````name``: text`` entries of the Options docstring (an entry
+    runs until the next entry or a blank line)."""
+    found: dict[str, str] = {}
+    names: list[str] = []
+    for line in (inspect.getdoc(options_cls) or "").splitlines():
+        entry = _DOC_ENTRY.match(line)
+        if entry:
+            names = re.findall(r"``(\w+)``", entry.group(1))
+            for name in names:
+                found[name] = entry.group(2).strip()
+        elif line.strip() and names:
+            for name in names:
+                found[name] += " " + line.strip()
+        else:
+            names = []
+    return found
+
+
+def plugin_options(plugin: Any) -> list[OptionInfo]:
+    """The options of a :class:`~fairdefense.FairnessPlugin` class (none for other plugins)."""
+    from fairdefense.plugin import FairnessPlugin
+
+    if not (isinstance(plugin, type) and issubclass(plugin, FairnessPlugin)):
+        return []
+    options_cls = plugin.Options
+    hints = typing.get_type_hints(options_cls)
+    documented = _docstring_help(options_cls)
+    return [
+        OptionInfo(f.name, _type_name(hints[f.name]), _default(f), str(f.metadata.get("help", documented.get(f.name, ""))))
+        for f in dataclasses.fields(options_cls)
+    ]
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return "(required)"
 
 
 def add_parser(sub) -> None:
-    pl = sub.add_parser("plugins", help="list installed plugins")
-    pl.add_argument("filter", nargs="?", help="only names containing this (case-insensitive), or matching it if it has * ? [...]")
+    pl = sub.add_parser(
+        "plugins", help="list installed plugins; with a plugin's exact NAME, its options",
+        description="List installed plugins (names containing FILTER). Given a plugin's exact name, also show its "
+                    "options with their types, defaults and help (set them with -o NAME.OPTION=VALUE).",
+    )
+    pl.add_argument("filter", nargs="?", metavar="NAME_OR_FILTER",
+                    help="a plugin's exact name (its options are shown too), or only names containing this "
+                         "(case-insensitive), or matching it if it has * ? [...]")
 
 
 def run(args: argparse.Namespace) -> int:
-    from fairdefense.manager import list_plugins
+    from importlib.metadata import entry_points
+
+    from fairdefense.manager import ENTRY_POINT_GROUP, list_plugins
 
     infos = list_plugins(args.filter)
     if not infos:
@@ -24,4 +110,18 @@ def run(args: argparse.Namespace) -> int:
             continue
         print(f"    {info.description}")
         print(f"    hooks: {', '.join(info.hooks)}")
+        if info.name == args.filter:
+            (ep,) = entry_points(group=ENTRY_POINT_GROUP, name=info.name)
+            _print_options(info.name, plugin_options(ep.load()))
     return 0
+
+
+def _print_options(name: str, options: list[OptionInfo]) -> None:
+    if not options:
+        print("    options: none")
+        return
+    print(f"    options (-o {name}.OPTION=VALUE):")
+    width = max(len(f"{o.name}: {o.type} = {o.default!r}") for o in options)
+    for o in options:
+        head = f"{o.name}: {o.type} = {o.default!r}"
+        print(f"      {head:<{width}}  {o.help}".rstrip())

@@ -9,41 +9,13 @@
 from __future__ import annotations
 
 import argparse
-import json
-import re
-import sys
 import textwrap
-from typing import Any, Sequence
+from typing import Any
 
+from fairdefense.cli._settings import parse_settings, print_resolved
 from fairdefense.errors import ConfigError
 
 __all__ = ["add_parser", "run", "parse_settings"]
-
-_FRACTION = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*/\s*(\d+(?:\.\d*)?)\s*$")
-
-
-def parse_settings(items: Sequence[str]) -> dict[str, Any]:
-    """``["epochs=2", "eps=8/255", "milestones=[0.5]", "init=runs/a/last.pt"]`` -> typed values.
-
-    A value is read as a TOML value (numbers, booleans, ``[lists]``, ``"strings"``),
-    a fraction ``a/b`` as its quotient, anything else as a plain string.
-    """
-    from fairdefense.recipes import tomllib
-
-    settings: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"setting {item!r} must look like KEY=VALUE (e.g. --set epochs=2).")
-        fraction = _FRACTION.match(text)
-        if fraction:
-            settings[key.strip()] = float(fraction.group(1)) / float(fraction.group(2))
-            continue
-        try:
-            settings[key.strip()] = tomllib.loads(f"v = {text}")["v"]
-        except tomllib.TOMLDecodeError:
-            settings[key.strip()] = text
-    return settings
 
 
 def add_parser(sub) -> None:
@@ -84,17 +56,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _dry_run(args: argparse.Namespace) -> int:
     from fairdefense.cli.train import parse_plugin_options
-    from fairdefense.recipes import config_to_toml, resolve_recipe
+    from fairdefense.recipes import recipe_config
 
     overrides: dict[str, Any] = parse_settings(args.set)
     if args.option:
         overrides["plugin_options"] = parse_plugin_options(args.option)
-    config = resolve_recipe(args.name, overrides)
-    if args.json:
-        print(json.dumps(config.to_dict(), indent=2))
-    else:
-        sys.stdout.write(f"# fairdefense recipes {args.name} --dry-run: the resolved training config\n")
-        sys.stdout.write(config_to_toml(config))
+    print_resolved(recipe_config(args.name, overrides, require_init=False), args.json,
+                   f"fairdefense recipes {args.name} --dry-run")
     return 0
 
 

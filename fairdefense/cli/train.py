@@ -32,6 +32,10 @@ def add_parser(sub) -> None:
     p.add_argument("--objective", choices=["at", "trades"], help="base objective (default: at, or what the plugin needs)")
     p.add_argument("--recipe", metavar="NAME", help="start from a named recipe (see 'fairdefense recipes'); flags override it")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config as TOML and exit without training")
+    p.add_argument("--json", action="store_true", help="with --dry-run: JSON instead of TOML")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any training setting (repeatable), as in 'recipes --set': --set momentum=0.9 "
+                        "--set milestones=[0.5,0.75] --set eval_attacks=[\"pgd20\",\"cw20\"] --set eps=8/255")
     p.add_argument("--dataset", help="dataset name (default: digits, embedded)")
     p.add_argument("--data-dir", help="where datasets are stored / downloaded")
     p.add_argument("--fold", metavar="I/K", help="test on fold I (from 0) of a stratified K-fold split (digits)")
@@ -65,11 +69,16 @@ def add_parser(sub) -> None:
                    help="under torchrun: how long a process waits for a dead or stalled peer (default 600)")
     p.add_argument("--seed", type=int, help="seed of initialisation, data order and attacks (default 0)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--init", metavar="CKPT", help="fine-tune from these weights (checkpoint or state_dict)")
+    p.add_argument("--init", metavar="CKPT", help="fine-tune from these weights (checkpoint or state_dict), or "
+                                                "robustbench:NAME, a RobustBench zoo model (for --dataset and --norm)")
+    p.add_argument("--model-dir", help="RobustBench's cache folder for --init robustbench:NAME (default ./models)")
     p.add_argument("--resume", metavar="CKPT", help="continue an interrupted run exactly")
     p.add_argument("--out", metavar="DIR", help="run folder (default runs/<dataset>-<plugins>-<objective>-s<seed>); "
                    "one that holds a run is refused unless --resume or --overwrite")
     p.add_argument("--overwrite", action="store_true", help="replace the run in --out (its files are removed)")
+    p.add_argument("--log", action="append", default=[], metavar="LOGGER",
+                   help="experiment tracking (repeatable or comma-separated): tensorboard, mlflow, or an installed "
+                        "logger; needs the extra of the same name, e.g. pip install 'fairdefense[tensorboard]'")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -80,19 +89,27 @@ def _given(args: argparse.Namespace) -> dict:
         "objective": args.objective, "beta": args.beta, "epochs": args.epochs, "batch_size": args.batch_size,
         "lr": args.lr, "schedule": args.schedule, "nesterov": args.nesterov, "eps": args.eps,
         "eps_step": args.eps_step, "attack_steps": args.attack_steps,
-        "norm": args.norm, "random_start": args.random_start, "val_size": args.val_size, "select_best": args.select_best, "amp": args.amp,
-        "channels_last": args.channels_last, "compile": args.compile, "workers": args.workers, "seed": args.seed,
+        "norm": args.norm, "random_start": args.random_start, "val_size": args.val_size,
+        "select_best": args.select_best, "amp": args.amp, "channels_last": args.channels_last, "compile": args.compile, "workers": args.workers, "seed": args.seed,
         "log_every": args.log_every, "sync_bn": args.sync_bn,
-        "device": args.device, "init": args.init, "out": args.out,
+        "device": args.device, "init": args.init, "model_dir": args.model_dir, "out": args.out,
         "plugins": tuple(args.plugin) or None, "plugin_options": parse_plugin_options(args.option) or None,
+        "loggers": tuple(n.strip() for item in args.log for n in item.split(",") if n.strip()) or None,
     }
 
 
 def _config(args: argparse.Namespace):
-    """The TrainConfig of the command line: the recipe's settings (if any) with the flags on top."""
+    """The TrainConfig of the command line: the recipe's settings (if any) with the flags and
+    ``--set`` settings on top (a setting given both ways is an error)."""
+    from fairdefense.cli._settings import parse_settings
     from fairdefense.config import TrainConfig
 
     given = _given(args)
+    settings = parse_settings(args.set)
+    both = sorted(k for k in settings if given.get(k) is not None)
+    if both:
+        raise ConfigError(f"{both} given both as a flag and with --set; give each setting once.")
+    given.update(settings)
     if args.recipe:
         from fairdefense.recipes import recipe_config
 
@@ -116,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from fairdefense import distributed
     from fairdefense.api import build_trainer, default_run_dir, resume
+    from fairdefense.cli._settings import print_resolved
     from fairdefense.report import format_report
 
     if not args.dry_run:
@@ -130,9 +148,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         config = _config(args)
         if args.dry_run:
-            from fairdefense.recipes import config_to_toml, resolve_offline
-
-            print(config_to_toml(resolve_offline(config)))
+            print_resolved(config, args.json, "fairdefense train --dry-run")
             return 0
         trainer = build_trainer(config, progress=progress, overwrite=args.overwrite)
         if trainer.run_dir is None:  # chosen by the main process: numbering must not race
@@ -145,8 +161,9 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     from fairdefense.reports import write_run_report
     from fairdefense.run_folder import RunFolder
+    from fairdefense.tracking import log_report_files
 
-    write_run_report(result.run_dir)
+    log_report_files(result.run_dir, result.config, write_run_report(result.run_dir))
     label = "+".join(result.config.plugins) or f"baseline ({result.config.objective})"
     if result.report is not None:
         print(format_report(result.report, title=f"\n{label} on {result.config.dataset}: test set, eps={result.config.eps:g}"))

@@ -50,7 +50,15 @@ def list_models(filter: str | None = None) -> list[str]:
 
 
 def model_factory(name: str) -> Callable[..., nn.Module]:
-    """The factory registered as ``name``; unknown names suggest the nearest ones."""
+    """The factory registered as ``name``; unknown names suggest the nearest ones.
+
+    ``"robustbench:<dataset>/<threat>/<name>"`` (a RobustBench model as a run records it,
+    see :mod:`fairdefense.zoo`) gives that zoo architecture with random weights.
+    """
+    if name.startswith("robustbench:"):
+        from fairdefense.zoo import zoo_factory
+
+        return zoo_factory(name)
     if name not in MODELS:
         near = difflib.get_close_matches(name, list(MODELS), n=3, cutoff=0.5)
         hint = f" Did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
