@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 
+import fairdefense
 from fairdefense.cli import main
 from fairdefense.cli.train import parse_plugin_options
 
@@ -49,7 +50,7 @@ def test_eps_beyond_the_input_range_is_refused(capsys):
 def test_plugins_lists_name_version_distribution_hooks(capsys):
     assert main(["plugins", "bat"]) == 0
     out = capsys.readouterr().out
-    assert "bat  0.1.0  (fairdefense)" in out and "hooks:" in out
+    assert f"bat  {fairdefense.__version__}  (fairdefense)" in out and "hooks:" in out
 
 
 def test_third_party_plugin_package_installs_and_trains(tmp_path):
