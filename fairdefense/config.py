@@ -40,6 +40,7 @@ class TrainConfig:
     norm: str | None = None
     random_start: str | None = None
     early_stop_extra_steps: int | None = None
+    attack_mode: str | None = None
     val_size: float | None = None
     val_steps: int | None = None
     validate_first: bool | None = None
@@ -93,6 +94,7 @@ DEFAULTS: dict[str, Any] = {
     "attack_steps": 10,
     "norm": "linf",
     "early_stop_extra_steps": 1,
+    "attack_mode": "eval",
     "val_size": 0.1,
     "val_steps": 10,
     "validate_first": False,
@@ -153,5 +155,10 @@ def _check(c: TrainConfig, clip: tuple | None) -> None:
         raise ConfigError(f"random_start must be 'uniform', 'normal' or 'none' (unset: the objective's), got {c.random_start!r}.")
     if c.amp not in ("off", "bf16", "fp16"):
         raise ConfigError(f"amp must be 'off', 'bf16' or 'fp16', got {c.amp!r}.")
+    if c.attack_mode not in ("eval", "train"):
+        raise ConfigError(
+            f"attack_mode must be 'eval' (attack with BatchNorm's running statistics, no update) or 'train' "
+            f"(batch statistics; the attack's forwards update the running statistics), got {c.attack_mode!r}."
+        )
     if c.early_stop_extra_steps < 0:
         raise ConfigError(f"early_stop_extra_steps must be >= 0, got {c.early_stop_extra_steps}.")

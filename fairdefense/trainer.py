@@ -10,7 +10,7 @@ import copy
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -29,7 +29,7 @@ from fairdefense.checkpoint import (
     versions,
 )
 from fairdefense.config import TrainConfig, resolve
-from fairdefense.context import BatchInfo, BatchOutputs, EpochInfo, RunInfo
+from fairdefense.context import BatchInfo, EpochInfo, RunInfo
 from fairdefense.errors import ConfigError, NonFiniteLossError
 from fairdefense.evaluation import evaluate
 from fairdefense.manager import PluginHost
@@ -274,10 +274,10 @@ class Trainer:
                 step = s[y] if s.dim() else s
         start = c.random_start or self.objective.random_start
         attack = dict(norm=c.norm, loss=self.objective.attack_loss, random_start=start, clip=self.clip)
-        self.model.eval()
+        self.model.train(c.attack_mode == "train")
         record: AttackRecord | None = None
         with self._autocast():
-            if self.host.implements("select_examples"):
+            if self.objective.early_stop or self.host.implements("select_examples"):
                 record = pgd_early_stop(self.net, x, y, eps, step, c.attack_steps, extra_steps=c.early_stop_extra_steps, **attack)
                 x_adv, steps = record.x_adv, record.steps
             else:
@@ -295,17 +295,12 @@ class Trainer:
             with torch.no_grad():
                 for name, delta in perturbation.items():
                     params[name].add_(delta)
+        eps_b = torch.as_tensor(eps, dtype=x.dtype, device=x.device).expand(len(y))
         with self._autocast():
-            terms = self.objective.terms(self.net, x, y, x_adv, x_natural)
-        outputs = BatchOutputs(
-            x_natural=x if x_natural is None else x_natural, x_adv=x_adv,
-            logits_clean=terms.logits_clean, logits_natural=terms.logits_natural, logits_adv=terms.logits_adv,
-            natural=terms.natural, robust=terms.robust,
-            eps=torch.as_tensor(eps, dtype=x.dtype, device=x.device).expand(len(y)), record=record,
-        )
+            outputs = replace(self.objective.terms(self.net, x, y, x_adv, x_natural), eps=eps_b, record=record)
         w_natural, w_robust = self.host.reweight(info, outputs)
         with self._autocast():
-            loss = self.objective.reduce(terms, w_natural, w_robust)
+            loss = self.objective.reduce(outputs, w_natural, w_robust)
             extra = self.host.extra_loss(info, outputs)
             if extra is not None:
                 loss = loss + extra
@@ -325,8 +320,8 @@ class Trainer:
             with torch.no_grad():
                 for name, delta in perturbation.items():
                     params[name].sub_(delta)
-        clean = None if terms.logits_clean is None else terms.logits_clean.detach()
-        stats.update(y, terms.logits_adv.detach(), clean)
+        clean = None if outputs.logits_clean is None else outputs.logits_clean.detach()
+        stats.update(y, outputs.logits_adv.detach(), clean)
         self.global_step += 1
         return value, steps
 

@@ -27,7 +27,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("train", help=HELP, description="Adversarial training; with no --plugin it is the PGD-AT / TRADES baseline.")
     p.add_argument("--plugin", action="append", default=[], metavar="NAME", help="activate a plugin (repeatable)")
     p.add_argument("-o", "--option", action="append", default=[], metavar="PLUGIN.KEY=VALUE", help="plugin option (repeatable)")
-    p.add_argument("--objective", choices=["at", "trades"], help="base objective (default: at, or what the plugin needs)")
+    p.add_argument("--objective", metavar="NAME",
+                   help="base objective: at, trades, mart, fat or an installed one (see 'fairdefense objectives'; "
+                        "default: at, or what the plugin needs)")
     p.add_argument("--recipe", metavar="NAME", help="start from a named recipe (see 'fairdefense recipes'); flags override it")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config as TOML and exit without training")
     p.add_argument("--dataset", help="dataset name (default: digits, embedded)")
@@ -43,7 +45,9 @@ def add_parser(sub) -> None:
     p.add_argument("--norm", choices=["linf", "l2"])
     p.add_argument("--random-start", choices=["uniform", "normal", "none"],
                    help="attack start (default: uniform for at, x + 0.001 N(0, I) for trades)")
-    p.add_argument("--beta", type=float, help="TRADES beta (default 6)")
+    p.add_argument("--attack-mode", choices=["eval", "train"],
+                   help="model mode during the training attack (default eval; train lets BatchNorm update, as CFA's AT code)")
+    p.add_argument("--beta", type=float, help="TRADES and MART beta (default 6)")
     p.add_argument("--val-size", type=float, help="validation samples per class (count >= 1 or fraction < 1)")
     p.add_argument("--select-best", action="store_true", default=None,
                    help="also keep best.pt, the epoch with the highest average + worst-class validation robust accuracy")
@@ -67,7 +71,7 @@ def _config(args: argparse.Namespace):
         "dataset": args.dataset, "data_dir": args.data_dir, "model": args.model, "objective": args.objective,
         "beta": args.beta, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
         "schedule": args.schedule, "eps": args.eps, "eps_step": args.eps_step, "attack_steps": args.attack_steps,
-        "norm": args.norm, "random_start": args.random_start, "val_size": args.val_size, "select_best": args.select_best, "amp": args.amp,
+        "norm": args.norm, "random_start": args.random_start, "attack_mode": args.attack_mode, "val_size": args.val_size, "select_best": args.select_best, "amp": args.amp,
         "channels_last": args.channels_last, "compile": args.compile, "workers": args.workers, "seed": args.seed,
         "device": args.device, "init": args.init, "out": args.out,
         "plugins": tuple(args.plugin) or None, "plugin_options": parse_plugin_options(args.option) or None,
