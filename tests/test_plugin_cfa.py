@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 
 import pytest
@@ -92,13 +93,9 @@ def test_ccr_weights_reproduce_the_calibrated_trades_loss():
     cfa.on_epoch_end(train_stats=trained_stats())
     host = fairdefense.PluginHost([cfa])
     objective = fairdefense.TRADES(BETA)
-    terms = objective.terms(model, x, y, x_adv)
-    outputs = fairdefense.BatchOutputs(
-        x_natural=x, x_adv=x_adv, logits_clean=terms.logits_clean, logits_natural=terms.logits_natural,
-        logits_adv=terms.logits_adv, natural=terms.natural, robust=terms.robust, eps=torch.full((6,), EPS),
-    )
+    outputs = dataclasses.replace(objective.terms(model, x, y, x_adv), eps=torch.full((6,), EPS))
     w_nat, w_rob = host.reweight(batch_info(12, y, model), outputs)
-    loss = objective.reduce(terms, w_nat, w_rob)
+    loss = objective.reduce(outputs, w_nat, w_rob)
 
     beta_y = (torch.tensor([0.75, 1.5, 0.8]) * BETA)[y]
     p, q = F.softmax(model(x), dim=1), F.softmax(model(x_adv), dim=1)

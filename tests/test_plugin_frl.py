@@ -11,7 +11,6 @@ import torch
 import fairdefense
 from fairdefense.checkpoint import load_checkpoint
 from fairdefense.cli import main as cli_main
-from fairdefense.objectives import Terms
 from fairdefense_plugins.frl import FRL, cost_sensitive_weights, normalize_multipliers
 
 C = 3
@@ -50,12 +49,12 @@ def batch_info(y, eps=0.2, eps_step=0.05):
     return fairdefense.BatchInfo(0, 0, 0, x, y, torch.nn.Identity(), fairdefense.TRADES(1.5), eps, eps_step, run_info())
 
 
-def outputs(n):
+def outputs(n, natural=None, robust=None):
     z = torch.zeros(n, C)
-    terms = torch.ones(n)
     return fairdefense.BatchOutputs(
         x_natural=torch.zeros(n, 1, 2, 2), x_adv=torch.zeros(n, 1, 2, 2), logits_clean=z, logits_natural=z,
-        logits_adv=z, natural=terms, robust=terms, eps=torch.full((n,), 0.2),
+        logits_adv=z, natural=torch.ones(n) if natural is None else natural,
+        robust=torch.ones(n) if robust is None else robust, eps=torch.full((n,), 0.2),
     )
 
 
@@ -156,8 +155,7 @@ def test_reweighted_trades_loss_is_the_codes_loss():
     natural = torch.tensor([1.0, 2.0, 3.0, 5.0, 0.5])
     kl = torch.tensor([0.1, 0.4, 0.2, 0.3, 0.9])
     weights = plugin.reweight(batch=batch_info(y.tolist()), outputs=outputs(5))
-    z = torch.zeros(5, C)
-    loss = fairdefense.TRADES(1.5).reduce(Terms(z, z, z, natural, kl), weights.natural, weights.robust)
+    loss = fairdefense.TRADES(1.5).reduce(outputs(5, natural, kl), weights.natural, weights.robust)
     w0 = torch.tensor([0.7, 1.6, 0.7]) / 3  # 1/3 + lam0 - .1
     w1 = torch.tensor([1 / 3 + 0.1, 1 / 3 - 0.1, 1 / 3])  # 1/3 + lam1 - .1
     expected = (w0[y] * natural).sum() / w0[y].sum() + 1.5 * (w1[y] * kl).sum() / w1[y].sum()

@@ -8,7 +8,6 @@ import torch
 import fairdefense
 from fairdefense.checkpoint import load_checkpoint
 from fairdefense.cli import main as cli_main
-from fairdefense.objectives import Terms
 from fairdefense_plugins.wat import WAT
 
 C = 3
@@ -48,11 +47,12 @@ def batch_info(y):
     )
 
 
-def outputs(n):
+def outputs(n, natural=None, robust=None):
     z = torch.zeros(n, C)
     return fairdefense.BatchOutputs(
         x_natural=torch.zeros(n, 1, 2, 2), x_adv=torch.zeros(n, 1, 2, 2), logits_clean=z, logits_natural=z,
-        logits_adv=z, natural=torch.ones(n), robust=torch.ones(n), eps=torch.full((n,), 0.2),
+        logits_adv=z, natural=torch.ones(n) if natural is None else natural,
+        robust=torch.ones(n) if robust is None else robust, eps=torch.full((n,), 0.2),
     )
 
 
@@ -100,8 +100,7 @@ def test_weighted_trades_loss_is_the_codes_loss():
     natural = torch.tensor([1.0, 2.0, 3.0, 5.0, 0.5])
     kl = torch.tensor([0.1, 0.4, 0.2, 0.3, 0.9])
     weights = plugin.reweight(batch=batch_info(y.tolist()), outputs=outputs(5))
-    z = torch.zeros(5, C)
-    loss = fairdefense.TRADES(6.0).reduce(Terms(z, z, z, natural, kl), weights.natural, weights.robust)
+    loss = fairdefense.TRADES(6.0).reduce(outputs(5, natural, kl), weights.natural, weights.robust)
     w = torch.tensor(hedge([1.6, 3.2, 0.8, 1.6]))
     # the code: (sum w_y CE + beta sum w_y KL) / B + w_C * TRADES_loss
     expected = (w[y] * natural).sum() / 5 + 6 * (w[y] * kl).sum() / 5 + w[3] * (natural.mean() + 6 * kl.mean())
