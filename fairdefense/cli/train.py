@@ -45,6 +45,8 @@ def add_parser(sub) -> None:
     p.add_argument("--norm", choices=["linf", "l2"])
     p.add_argument("--random-start", choices=["uniform", "normal", "none"],
                    help="attack start (default: uniform for at, x + 0.001 N(0, I) for trades)")
+    p.add_argument("--early-stop-extra-steps", type=int, metavar="TAU",
+                   help="FAT's tau: steps a sample takes after it is first misclassified (fat objective, bat; default 1)")
     p.add_argument("--attack-mode", choices=["eval", "train"],
                    help="model mode during the training attack (default eval; train lets BatchNorm update, as CFA's AT code)")
     p.add_argument("--beta", type=float, help="TRADES and MART beta (default 6)")
@@ -71,7 +73,8 @@ def _config(args: argparse.Namespace):
         "dataset": args.dataset, "data_dir": args.data_dir, "model": args.model, "objective": args.objective,
         "beta": args.beta, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
         "schedule": args.schedule, "eps": args.eps, "eps_step": args.eps_step, "attack_steps": args.attack_steps,
-        "norm": args.norm, "random_start": args.random_start, "attack_mode": args.attack_mode, "val_size": args.val_size, "select_best": args.select_best, "amp": args.amp,
+        "norm": args.norm, "random_start": args.random_start, "attack_mode": args.attack_mode,
+        "early_stop_extra_steps": args.early_stop_extra_steps, "val_size": args.val_size, "select_best": args.select_best, "amp": args.amp,
         "channels_last": args.channels_last, "compile": args.compile, "workers": args.workers, "seed": args.seed,
         "device": args.device, "init": args.init, "out": args.out,
         "plugins": tuple(args.plugin) or None, "plugin_options": parse_plugin_options(args.option) or None,
