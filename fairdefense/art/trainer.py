@@ -83,7 +83,7 @@ class FairAdversarialTrainer(ARTTrainer):
     plugins:
         Installed plugin names and/or :class:`fairdefense.FairnessPlugin` instances, mixed.
     plugin_options:
-        Options of plugins given by name: ``{"faal": {"lr": 0.1}}``.
+        Options of plugins given by name: ``{"faal": {"r": 0.25}}``.
     objective, beta:
         ``"at"`` (PGD-AT, Madry et al.) or ``"trades"`` and TRADES's ``beta``.
         Unset (``None``): a plugin may choose, else ``"at"`` and ``6.0``.
