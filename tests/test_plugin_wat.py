@@ -1,5 +1,6 @@
 """WAT plugin: Hedge weights from cumulative validation TRADES costs, the C+1 entry, state, end to end."""
 import io
+import json
 import math
 
 import pytest
@@ -159,5 +160,10 @@ def test_trains_one_epoch_from_the_cli(tmp_path):
     ])
     assert rc == 0
     state = load_checkpoint(tmp_path / "last.pt")["plugins"]["wat"]
-    assert state["weights"].shape == (11,)
-    torch.testing.assert_close(state["weights"], 10 * torch.softmax(0.2 * state["cumulative"], 0))
+    # by hand from the validation report the epoch logged: cost_c = CE_c + 6 KL_c, the pooled
+    # average as entry C, weights 10 * exp(0.2 S_k) / sum_j exp(0.2 S_j)
+    val = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])["val"]
+    cost = [ce + 6.0 * kl for ce, kl in zip(val["losses"]["clean_ce"], val["losses"]["kl"])]
+    cost.append(sum(n * c for n, c in zip(val["counts"], cost)) / sum(val["counts"]))
+    e = [math.exp(0.2 * c) for c in cost]
+    torch.testing.assert_close(state["weights"], torch.tensor([10 * v / sum(e) for v in e], dtype=torch.float64))
