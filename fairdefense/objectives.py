@@ -29,9 +29,7 @@ contract for a third-party objective is in ``docs/plugins.md``.
 """
 from __future__ import annotations
 
-import difflib
 import importlib.metadata as metadata
-import inspect
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +38,7 @@ from torch import Tensor, nn
 
 from fairdefense.context import BatchOutputs
 from fairdefense.errors import ConfigError, PluginError
+from fairdefense.manager import entry_points, installed, nearest
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -196,10 +195,6 @@ class ObjectiveInfo:
     error: str | None = None
 
 
-def _entry_points() -> dict[str, metadata.EntryPoint]:
-    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
-
-
 def _load(ep: metadata.EntryPoint) -> type[Objective]:
     target = ep.load()
     if not (isinstance(target, type) and issubclass(target, Objective)):
@@ -215,31 +210,20 @@ def list_objectives(filter: str | None = None) -> list[ObjectiveInfo]:
 
     An objective whose entry point fails to load is listed with its ``error``.
     """
-    infos = []
-    for name, ep in sorted(_entry_points().items()):
-        if filter and filter.lower() not in name.lower():
-            continue
-        dist = ep.dist
-        dist_name, version = (dist.name, dist.version) if dist is not None else ("?", "?")
-        try:
-            cls = _load(ep)
-        except Exception as exc:  # a broken third-party package must not break the listing
-            infos.append(ObjectiveInfo(name, version, dist_name, "?", "?", False, "", f"{type(exc).__name__}: {exc}"))
-            continue
-        doc = (inspect.getdoc(cls) or "").strip()
-        infos.append(ObjectiveInfo(name, version, dist_name, cls.attack_loss, cls.random_start, cls.early_stop,
-                                   doc.splitlines()[0] if doc else ""))
-    return infos
+    return [
+        ObjectiveInfo(i.name, i.version, i.distribution, "?", "?", False, "", i.error) if i.error else
+        ObjectiveInfo(i.name, i.version, i.distribution, i.target.attack_loss, i.target.random_start,
+                      i.target.early_stop, i.description)
+        for i in installed(ENTRY_POINT_GROUP, filter, _load)
+    ]
 
 
 def objective_class(name: str) -> type[Objective]:
     """The objective class registered as ``name``; an unknown name is an error naming the nearest ones."""
-    eps = _entry_points()
+    eps = entry_points(ENTRY_POINT_GROUP)
     if name not in eps:
-        near = difflib.get_close_matches(name, list(eps), n=3, cutoff=0.5)
-        hint = f" Did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
         raise ConfigError(
-            f"unknown objective {name!r}.{hint} Installed objectives: {', '.join(sorted(eps)) or 'none'} "
+            f"unknown objective {name!r}.{nearest(name, eps)} Installed objectives: {', '.join(sorted(eps)) or 'none'} "
             f"(run 'fairdefense objectives' to list them; none at all means fairdefense's metadata is "
             f"missing: reinstall it with pip install -e .)."
         )

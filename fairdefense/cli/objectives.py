@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from fairdefense.cli.plugins import print_listing
+
 __all__ = ["add_parser", "run"]
 
 
@@ -11,18 +13,13 @@ def add_parser(sub) -> None:
     p.add_argument("filter", nargs="?", help="only names containing this")
 
 
+def _attack(info) -> str:
+    stop = ", early-stopped" if info.early_stop else ""
+    return f"attack: {info.attack_loss} loss, {info.random_start} start{stop}"
+
+
 def run(args: argparse.Namespace) -> int:
     from fairdefense.objectives import list_objectives
 
-    infos = list_objectives(args.filter)
-    if not infos:
-        print("no objectives installed" + (f" matching {args.filter!r}" if args.filter else ""))
-    for info in infos:
-        print(f"{info.name}  {info.version}  ({info.distribution})")
-        if info.error:
-            print(f"    failed to load: {info.error}")
-            continue
-        print(f"    {info.description}")
-        stop = ", early-stopped" if info.early_stop else ""
-        print(f"    attack: {info.attack_loss} loss, {info.random_start} start{stop}")
+    print_listing(list_objectives(args.filter), "objectives", args.filter, _attack)
     return 0
