@@ -22,6 +22,17 @@ the weights coming from the plugins.
   steps after it is first misclassified (:func:`~fairdefense.attacks.pgd_early_stop`).
   Attack: CE, uniform random start.
 
+Deviations from the authors' code:
+
+- MART's code attacks with 10 steps of 0.007 within 0.031 (pass ``eps_step = 0.226 * eps``;
+  the trainer's default step is ``eps / 4``). As for TRADES, the noisy start is clipped
+  into the ball and the input range before the first step (the code clips after it).
+- FAT's code (zjfheart/Friendly-Adversarial-Training) raises tau during training by
+  default (0, then 1 after 50 of 120 epochs, then 2 after 90); here tau is one setting
+  for the whole run. CFA's code trains its FAT rows with tau 3, in train mode, and stops a
+  sample once it has been misclassified tau times; the trainer stops it tau steps after
+  its first misclassification (FAT's own rule).
+
 Objectives are plugins: each is a class registered in the ``fairdefense.objectives``
 entry-point group (the four above are declared there by fairdefense itself), found
 by :func:`list_objectives` and built by name with :func:`make_objective`. The
