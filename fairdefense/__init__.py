@@ -5,8 +5,6 @@ adversarial trainer; see ``docs/index.md``.
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from fairdefense.api import build_trainer, evaluate_checkpoint, resume, train
 from fairdefense.attacks import AttackRecord, pgd, pgd_early_stop
 from fairdefense.config import TrainConfig
@@ -29,12 +27,16 @@ from fairdefense.models import create_model, list_models
 from fairdefense.objectives import FAT, MART, PGDAT, TRADES, Objective, ObjectiveInfo, list_objectives, make_objective
 from fairdefense.plugin import FairnessPlugin, hookimpl
 from fairdefense.trainer import Trainer, TrainResult
+from fairdefense.version import __version__
 
+#: The ART adapters, loaded on first access (``fairdefense.FairAdversarialTrainer``):
+#: importing ART takes seconds and only ART users need it, so they stay out of
+#: ``__all__`` and ``from fairdefense import *`` does not import ART.
 _ART_EXPORTS = ("FairAdversarialTrainer", "from_art_trainer", "per_class_robustness")
 
 
 def __getattr__(name: str):
-    """ART adapters load lazily: importing ART takes seconds, and only ART users need it."""
+    """Load the ART adapters on first access."""
     if name in _ART_EXPORTS:
         from fairdefense import art
 
@@ -42,10 +44,12 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'fairdefense' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_ART_EXPORTS))
+
+
 __all__ = [
     "__version__",
-    # ART integration (imported on first use)
-    *_ART_EXPORTS,
     # plugins
     "FairnessPlugin",
     "hookimpl",

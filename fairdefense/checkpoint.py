@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from fairdefense.errors import ConfigError
+from fairdefense.version import __version__
 
 __all__ = ["FORMAT_VERSION", "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "versions"]
 
@@ -31,8 +32,6 @@ FORMAT_VERSION = 1
 
 
 def versions() -> dict[str, str]:
-    from fairdefense import __version__
-
     return {"fairdefense": __version__, "torch": str(torch.__version__), "python": platform.python_version()}
 
 

@@ -14,7 +14,7 @@ import torch
 
 from fairdefense.errors import ConfigError
 
-__all__ = ["TrainConfig", "DEFAULTS", "resolve"]
+__all__ = ["TrainConfig", "DEFAULTS", "resolve", "select_device"]
 
 
 @dataclass
@@ -127,6 +127,25 @@ def resolve(
     return out
 
 
+def select_device(name: str | None) -> torch.device:
+    """The device ``name`` names (``None``: ``cuda`` if available, else ``cpu``), checked to exist here."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device {name!r} is not a device name; use cpu, cuda, cuda:1, mps ... ({exc}).") from exc
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device {name!r} asks for a GPU but torch sees none here; use --device cpu.")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"device {name!r}: torch sees {count} GPU(s), numbered 0..{count - 1}.")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {name!r}: MPS is not available here; use --device cpu.")
+    return device
+
+
 def _check(c: TrainConfig, clip: tuple | None) -> None:
     if not c.eps > 0:
         raise ConfigError(f"eps must be > 0, got {c.eps}; it is the attack radius in input units.")
@@ -155,6 +174,8 @@ def _check(c: TrainConfig, clip: tuple | None) -> None:
         raise ConfigError(f"random_start must be 'uniform', 'normal' or 'none' (unset: the objective's), got {c.random_start!r}.")
     if c.amp not in ("off", "bf16", "fp16"):
         raise ConfigError(f"amp must be 'off', 'bf16' or 'fp16', got {c.amp!r}.")
+    if int(c.workers) < 0:
+        raise ConfigError(f"workers must be >= 0 (0 loads data in the training process), got {c.workers}.")
     if c.attack_mode not in ("eval", "train"):
         raise ConfigError(
             f"attack_mode must be 'eval' (attack with BatchNorm's running statistics, no update) or 'train' "

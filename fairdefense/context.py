@@ -43,7 +43,8 @@ class RunInfo:
 class EpochInfo:
     """One epoch, as seen by the epoch-level hooks.
 
-    ``epoch`` counts from 0. ``model`` is the module being trained (read it, copy it;
+    ``epoch`` counts from 0 (``metrics.jsonl`` logs it as ``"epoch": epoch + 1``,
+    completed epochs). ``model`` is the module being trained (read it, copy it;
     do not modify it in a hook).
     """
 

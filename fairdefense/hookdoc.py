@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from fairdefense import hookspecs
-from fairdefense.manager import HOOK_NAMES
+from fairdefense.hookspecs import HOOK_NAMES
 
 __all__ = ["render_reference", "BEGIN", "END"]
 

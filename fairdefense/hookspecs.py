@@ -27,7 +27,10 @@ Lifecycle of one run::
     load_plugin_state                           when a run resumes
 
 Hooks are called with keyword arguments; an implementation may accept any subset
-of a hook's arguments. A hook that returns ``None`` abstains.
+of a hook's arguments. A hook that returns ``None`` abstains. Implementations are
+called one at a time in activation order; ``@hookimpl(tryfirst=True)`` moves one
+before the unmarked ones, ``trylast=True`` after them (see
+:mod:`fairdefense.manager` for the pluggy options that are refused).
 """
 from __future__ import annotations
 
@@ -55,10 +58,7 @@ PROJECT_NAME = "fairdefense"
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 
-__all__ = ["PROJECT_NAME", "hookspec", "EXCLUSIVE_HOOKS"]
-
-#: Hooks that at most one active plugin may implement (activation refuses a second).
-EXCLUSIVE_HOOKS = ("remargin", "select_examples", "perturb_weights", "weights_to_evaluate")
+__all__ = ["PROJECT_NAME", "hookspec", "HOOK_NAMES", "EXCLUSIVE_HOOKS"]
 
 
 # --------------------------------------------------------------------- run level
@@ -91,26 +91,35 @@ def on_epoch_start(epoch: "EpochInfo") -> None:
     When: at the start of every epoch, before its first batch.
 
     Receives: ``epoch`` (index from 0, number of epochs, the model, the learning
-    rate, the run).
+    rate, the run). Hooks count epochs from 0; ``metrics.jsonl`` logs epoch ``k``
+    as ``"epoch": k + 1`` (completed epochs).
 
     Returns: nothing. Every implementation is called, in activation order.
     """
 
 
 @hookspec
-def on_epoch_end(epoch: "EpochInfo", train_stats: "ClassStats") -> None:
-    """Observe the epoch's per-class training statistics.
+def on_epoch_end(epoch: "EpochInfo", train_stats: "ClassStats") -> "dict[str, Any] | None":
+    """Observe the epoch's per-class training statistics; log the plugin's own values.
 
     When: after the last batch of every epoch, before validation.
 
     Receives: ``train_stats``, a :class:`~fairdefense.metrics.ClassStats` counted from
     the logits the trainer already computed on the examples it trained on (no
-    extra attack): per class, the number of samples, how many adversarial inputs
-    were classified correctly (``robust_acc``), and for objectives with a clean
-    forward pass (TRADES) how many clean ones (``clean_acc``; ``None`` for PGD-AT).
-    In distributed runs the counts are global.
+    extra attack): per class, the number of samples (``counts``), how many
+    adversarial inputs were classified correctly (``robust_correct``; the fraction
+    is ``robust_acc``), and for objectives with a clean forward pass (TRADES) how
+    many clean ones (``clean_correct`` and ``clean_acc``; ``None`` for PGD-AT). In
+    distributed runs the counts are global.
 
-    Returns: nothing. Every implementation is called, in activation order.
+    Returns: ``None``, or a dict of values to log (numbers, strings, tensors, lists
+    and dicts of these): the trainer writes it into this epoch's line of
+    ``metrics.jsonl`` under ``"plugins": {"<plugin name>": {...}}``. That line's
+    ``"epoch"`` counts completed epochs from 1, so hook epoch ``epoch.epoch == k``
+    is logged on the line with ``"epoch": k + 1``.
+
+    Combination: every implementation is called, in activation order; each
+    plugin's values are logged under its own name.
     """
 
 
@@ -249,8 +258,10 @@ def extra_loss(batch: "BatchInfo", outputs: "BatchOutputs") -> "Tensor | None":
 def plugin_state() -> "dict[str, Any] | None":
     """Return the strategy's state, so that a resumed run continues exactly.
 
-    When: whenever the trainer writes a checkpoint (after every epoch and on
-    interruption).
+    When: whenever the trainer writes a checkpoint: ``last.pt`` once before the
+    first epoch of a new run (so that even an interrupted first epoch can be
+    resumed), then after every epoch (and ``best.pt`` when the selection improves).
+    Ctrl-C keeps the checkpoint of the last completed epoch.
 
     Returns: ``None`` (stateless) or a dict of tensors, numbers, strings, lists and
     dicts of these (it is saved with ``torch.save`` and read back with
@@ -270,3 +281,12 @@ def load_plugin_state(state: "dict[str, Any]") -> None:
 
     Returns: nothing.
     """
+
+
+#: Names of every hook in the contract, in lifecycle order (the order of this module).
+HOOK_NAMES: tuple[str, ...] = tuple(
+    name for name, value in list(globals().items()) if callable(value) and hasattr(value, f"{PROJECT_NAME}_spec")
+)
+
+#: Hooks that at most one active plugin may implement (activation refuses a second).
+EXCLUSIVE_HOOKS: tuple[str, ...] = ("remargin", "select_examples", "perturb_weights", "weights_to_evaluate")

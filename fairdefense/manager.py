@@ -5,6 +5,14 @@ group (built-in strategies are declared there too, exactly like third-party
 ones). Discovery only lists them; :class:`PluginHost` activates the ones the user
 names, validates them at registration, calls their hooks and checks what each
 returns, so that every error names the plugin and the hook at fault.
+
+The host calls implementations one at a time, in activation order, so that it
+can check each return value. Of pluggy's ``hookimpl`` options it honours
+``tryfirst``, ``trylast`` and ``specname``; it refuses ``wrapper`` and
+``hookwrapper`` (the trainer applies results, nothing wraps a hook) and
+``optionalhook`` on a name that is no hook (it would never be called). The
+contract declares no ``firstresult`` or ``historic`` hook: its exclusive hooks
+give one plugin the answer.
 """
 from __future__ import annotations
 
@@ -21,22 +29,21 @@ from torch import Tensor
 from fairdefense import hookspecs
 from fairdefense.context import LossWeights, Margins, Selection
 from fairdefense.errors import HookReturnError, PluginError, PluginNotFoundError, PluginOptionError
+from fairdefense.hookspecs import HOOK_NAMES
+from fairdefense.listing import matches
 from fairdefense.plugin import FairnessPlugin
 
 if TYPE_CHECKING:
     from fairdefense.attacks import AttackRecord
     from fairdefense.context import BatchInfo, BatchOutputs, EpochInfo, RunInfo
+    from fairdefense.metrics import ClassStats
 
-__all__ = ["ENTRY_POINT_GROUP", "PluginInfo", "list_plugins", "Installed", "installed", "entry_points", "nearest", "PluginHost", "HOOK_NAMES"]
+__all__ = ["ENTRY_POINT_GROUP", "PluginInfo", "list_plugins", "Installed", "installed", "entry_points", "nearest", "PluginHost"]
 
 ENTRY_POINT_GROUP = "fairdefense.plugins"
 
-#: Names of every hook in the contract, in lifecycle order.
-HOOK_NAMES: tuple[str, ...] = tuple(
-    name
-    for name, value in vars(hookspecs).items()
-    if callable(value) and hasattr(value, f"{hookspecs.PROJECT_NAME}_spec")
-)
+#: Calling rank of an implementation by its pluggy marker: tryfirst, unmarked, trylast.
+_TRYFIRST, _PLAIN, _TRYLAST = range(3)
 
 
 @dataclass(frozen=True)
@@ -57,7 +64,14 @@ def entry_points(group: str = ENTRY_POINT_GROUP) -> dict[str, metadata.EntryPoin
 
 
 def _hooks_of(obj: Any) -> tuple[str, ...]:
-    return tuple(h for h in HOOK_NAMES if callable(getattr(obj, h, None)))
+    """The hooks a plugin (class or object) implements: methods named after hooks, or marked with a ``specname``."""
+    found = set()
+    for attr in dir(obj):
+        value = getattr(obj, attr, None)
+        if callable(value):
+            opts = getattr(value, f"{hookspecs.PROJECT_NAME}_impl", None) or {}
+            found.add(opts.get("specname") or attr)
+    return tuple(h for h in HOOK_NAMES if h in found)
 
 
 def _summary(obj: Any) -> str:
@@ -89,13 +103,13 @@ def installed(
 ) -> list[Installed]:
     """The entry points of ``group``, sorted by name, each loaded with ``load``.
 
-    ``filter`` keeps names containing that substring (case-insensitive). An entry
+    ``filter`` keeps the names it matches (:func:`fairdefense.listing.matches`). An entry
     point that fails to load is listed with its ``error`` rather than breaking the
     listing (a broken third-party package must not hide the others).
     """
     found = []
     for name, ep in sorted(entry_points(group).items()):
-        if filter and filter.lower() not in name.lower():
+        if not matches(name, filter):
             continue
         dist = ep.dist
         dist_name, version = (dist.name, dist.version) if dist is not None else ("?", "?")
@@ -111,9 +125,9 @@ def installed(
 def list_plugins(filter: str | None = None) -> list[PluginInfo]:
     """List the installed plugins (name, version, distribution, hooks, description).
 
-    ``filter`` keeps names containing that substring (case-insensitive). A plugin
-    whose entry point fails to import is listed with its ``error`` rather than
-    breaking the listing.
+    ``filter`` follows :func:`fairdefense.listing.matches` (``"fa"`` or ``"fa*"``). A
+    plugin whose entry point fails to import is listed with its ``error`` rather
+    than breaking the listing.
     """
     return [
         PluginInfo(i.name, i.version, i.distribution, () if i.error else _hooks_of(i.target), i.description, i.error)
@@ -135,10 +149,11 @@ class _Manager(pluggy.PluginManager):
 
     def parse_hookimpl_opts(self, plugin: Any, name: str):  # noqa: D102 (pluggy API)
         opts = super().parse_hookimpl_opts(plugin, name)
-        if isinstance(plugin, FairnessPlugin) and name in HOOK_NAMES:
-            if name in plugin.inactive_hooks():
+        if isinstance(plugin, FairnessPlugin):
+            hook = (opts or {}).get("specname") or name
+            if hook in plugin.inactive_hooks():
                 return None
-            if opts is None and callable(getattr(plugin, name, None)):
+            if opts is None and name in HOOK_NAMES and callable(getattr(plugin, name, None)):
                 return {}
         return opts
 
@@ -150,6 +165,12 @@ class PluginHost:
     (:class:`~fairdefense.FairnessPlugin` instances or any object with
     ``@hookimpl`` methods), mixed. ``options`` maps a plugin name to its options
     (values may be strings as given on the command line).
+
+    Public for plugin authors' tests: constructing a host runs every check the
+    trainer's activation runs, and its methods (``notify``, ``reweight``,
+    ``remargin``, ``on_epoch_end``, ...) call the hooks and check the results
+    exactly as the trainer does. Training code never needs it: ``Trainer`` and
+    ``fairdefense.train`` build their own from ``plugins=``.
     """
 
     def __init__(
@@ -170,6 +191,11 @@ class PluginHost:
                 f"options were given for plugin(s) {sorted(unused)} that are not activated; "
                 f"active plugins: {sorted(self.plugins) or 'none'}. Add --plugin NAME or fix the prefix."
             )
+        order = {name: i for i, name in enumerate(self.plugins)}
+        self._calls: dict[str, list[pluggy.HookImpl]] = {
+            hook: sorted(getattr(self._pm.hook, hook).get_hookimpls(), key=lambda i: (_rank(i), order[i.plugin_name]))
+            for hook in HOOK_NAMES
+        }
         self._check_exclusive()
 
     # ------------------------------------------------------------ registration
@@ -215,6 +241,7 @@ class PluginHost:
             raise PluginError(f"plugin '{name}' is activated twice; name each plugin once.")
         if isinstance(obj, FairnessPlugin):
             self._check_typos(name, obj)
+        self._check_markers(name, obj)
         try:
             self._pm.register(obj, name=name)
             self._pm.check_pending()
@@ -230,13 +257,37 @@ class PluginHost:
             )
         self.plugins[name] = obj
 
+    def _check_markers(self, name: str, obj: Any) -> None:
+        """Refuse the hookimpl options this host does not honour (see the module docstring)."""
+        for attr in dir(obj):
+            opts = self._pm.parse_hookimpl_opts(obj, attr)
+            if opts is None:
+                continue
+            hook = opts.get("specname") or attr
+            where = f"plugin '{name}', hook '{hook}'"
+            for option in ("wrapper", "hookwrapper"):
+                if opts.get(option):
+                    raise PluginError(
+                        f"{where}: @hookimpl({option}=True) is not supported: fairdefense calls each "
+                        f"implementation on its own and applies its result; drop {option}=True and return "
+                        f"the value (use tryfirst=True or trylast=True to run before or after the others)."
+                    )
+            if hook not in HOOK_NAMES:
+                near = difflib.get_close_matches(hook, HOOK_NAMES, n=1, cutoff=0.6)
+                hint = f" Did you mean '{near[0]}'?" if near else ""
+                raise PluginError(
+                    f"{where}: '{hook}' is not a fairdefense hook, so it would never be called.{hint} "
+                    f"Hooks: {', '.join(HOOK_NAMES)} (optionalhook=True does not make a name a hook)."
+                )
+
     @staticmethod
     def _check_typos(name: str, obj: FairnessPlugin) -> None:
         for attr in dir(type(obj)):
             if attr.startswith("_") or attr in HOOK_NAMES or hasattr(FairnessPlugin, attr):
                 continue
             near = difflib.get_close_matches(attr, HOOK_NAMES, n=1, cutoff=0.8)
-            if near and callable(getattr(obj, attr)):
+            value = getattr(obj, attr) if near else None
+            if near and callable(value) and not hasattr(value, f"{hookspecs.PROJECT_NAME}_impl"):
                 raise PluginError(
                     f"plugin '{name}' defines '{attr}', which is not a hook; did you mean "
                     f"'{near[0]}'? Rename it (or make it private with a leading underscore)."
@@ -253,8 +304,8 @@ class PluginHost:
 
     # ------------------------------------------------------------------ calling
     def _impls(self, hook: str) -> list[pluggy.HookImpl]:
-        # registration (activation) order; pluggy itself would call them last-first
-        return getattr(self._pm.hook, hook).get_hookimpls()
+        # tryfirst, unmarked, trylast; each group in activation order (pluggy itself calls last-first)
+        return self._calls[hook]
 
     def implements(self, hook: str) -> bool:
         """Whether any active plugin implements ``hook``."""
@@ -264,6 +315,18 @@ class PluginHost:
         for impl in self._impls(hook):
             args = {k: kwargs[k] for k in impl.argnames}
             yield impl.plugin_name, impl.function(**args)
+
+    def on_epoch_end(self, epoch: "EpochInfo", train_stats: "ClassStats") -> dict[str, dict[str, Any]]:
+        """Call every ``on_epoch_end``; return what plugins asked to log, keyed by plugin name."""
+        logged: dict[str, dict[str, Any]] = {}
+        for name, result in self._each("on_epoch_end", epoch=epoch, train_stats=train_stats):
+            if result is None:
+                continue
+            where = f"plugin '{name}', hook 'on_epoch_end'"
+            if not isinstance(result, Mapping):
+                raise HookReturnError(f"{where}: expected None or a dict of values to log, got {type(result).__name__}.")
+            logged[name] = {str(key): _loggable(f"{where}, value '{key}'", value) for key, value in result.items()}
+        return logged
 
     def configure(self, config: Any, run: "RunInfo", explicit: Iterable[str]) -> dict[str, Any]:
         """Collect the settings plugins require; refuse conflicts (see the hook)."""
@@ -399,6 +462,25 @@ class PluginHost:
         for impl in self._impls("load_plugin_state"):
             if impl.plugin_name in states:
                 impl.function(state=states[impl.plugin_name])
+
+
+def _rank(impl: pluggy.HookImpl) -> int:
+    return _TRYFIRST if impl.tryfirst else _TRYLAST if impl.trylast else _PLAIN
+
+
+def _loggable(where: str, value: Any) -> Any:
+    """``value`` as JSON: tensors become numbers or lists; anything else that JSON cannot hold is refused."""
+    if isinstance(value, Tensor):
+        return value.detach().cpu().tolist()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_loggable(where, v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _loggable(where, v) for k, v in value.items()}
+    raise HookReturnError(
+        f"{where}: cannot log a {type(value).__name__}; log numbers, strings, tensors, or lists and dicts of these."
+    )
 
 
 def _check_vector(where: str, what: str, value: Any, length: int, positive: bool = False) -> Tensor:

@@ -217,7 +217,7 @@ def _load(ep: metadata.EntryPoint) -> type[Objective]:
 
 
 def list_objectives(filter: str | None = None) -> list[ObjectiveInfo]:
-    """The installed objectives, sorted by name; ``filter`` keeps names containing it.
+    """The installed objectives, sorted by name; ``filter`` keeps the names it matches (:func:`fairdefense.listing.matches`).
 
     An objective whose entry point fails to load is listed with its ``error``.
     """

@@ -127,11 +127,6 @@ class FairnessPlugin:
         """The name this plugin is known by (``name``, else the class name in lower case)."""
         return self.name or type(self).__name__.lower()
 
-    @classmethod
-    def option_defaults(cls) -> dict[str, Any]:
-        """The options and their default values."""
-        return dataclasses.asdict(cls.Options())
-
     def inactive_hooks(self) -> frozenset[str]:
         """Hooks this instance leaves out with its current options (they are not registered).
 

@@ -28,14 +28,14 @@ from fairdefense.checkpoint import (
     set_rng_state,
     versions,
 )
-from fairdefense.config import TrainConfig, resolve
+from fairdefense.config import TrainConfig, resolve, select_device
 from fairdefense.context import BatchInfo, EpochInfo, RunInfo
 from fairdefense.errors import ConfigError, NonFiniteLossError
 from fairdefense.evaluation import evaluate
 from fairdefense.manager import PluginHost
 from fairdefense.metrics import ClassReport, ClassStats, summarize
 from fairdefense.objectives import make_objective
-from fairdefense.data.splits import per_class_split
+from fairdefense.splits import per_class_split
 
 __all__ = ["Trainer", "TrainResult", "load_weights", "resolve_run"]
 
@@ -104,7 +104,7 @@ def resolve_run(
     their ``configure`` hooks fill unset fields, then ``dataset_defaults``, then the
     library's defaults. Returns the resolved config, the plugin host and the run info."""
     config = copy.deepcopy(config)
-    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = select_device(config.device)
     host = PluginHost(list(config.plugins) + list(plugins), config.plugin_options)
     config.plugins = tuple(host.plugins)
     run = RunInfo(len(class_names), [str(c) for c in class_names], config, device)
@@ -372,7 +372,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss_sum / n_batches:.3f}", rob_avg=f"{rob['avg']:.3f}",
                                 rob_worst=f"{rob['worst']:.3f}", img_s=f"{rate:.0f}")
         train_time = time.perf_counter() - start
-        self.host.notify("on_epoch_end", epoch=info, train_stats=stats)
+        logged = self.host.on_epoch_end(info, stats)
         entry: dict[str, Any] = {
             "epoch": epoch + 1,
             "lr": info.lr,
@@ -386,6 +386,8 @@ class Trainer:
                 "summary": {"robust_acc": summarize(stats.robust_acc, False)},
             },
         }
+        if logged:
+            entry["plugins"] = logged
         report = self._validate(info) if self.val_data is not None else None
         if report is not None:
             entry["val"] = report.to_dict()

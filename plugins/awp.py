@@ -58,6 +58,7 @@ import torch
 from torch import Tensor, nn
 
 import fairdefense
+from fairdefense.toolkit import check_options
 
 __all__ = ["AWP", "perturbation_from_proxy"]
 
@@ -107,12 +108,11 @@ class AWP(fairdefense.FairnessPlugin):
         begin: int = 0
 
         def __post_init__(self) -> None:
-            if not (self.gamma >= 0 and math.isfinite(self.gamma)):
-                raise fairdefense.PluginOptionError(f"plugin 'awp': option 'gamma' must be a finite number >= 0, got {self.gamma}.")
-            if not (self.proxy_lr > 0 and math.isfinite(self.proxy_lr)):
-                raise fairdefense.PluginOptionError(f"plugin 'awp': option 'proxy_lr' must be a finite number > 0, got {self.proxy_lr}.")
-            if self.begin < 0:
-                raise fairdefense.PluginOptionError(f"plugin 'awp': option 'begin' must be an epoch >= 0, got {self.begin}.")
+            check_options("awp", self, [
+                (self.gamma >= 0 and math.isfinite(self.gamma), "gamma", "a finite number >= 0"),
+                (self.proxy_lr > 0 and math.isfinite(self.proxy_lr), "proxy_lr", "a finite number > 0"),
+                (self.begin >= 0, "begin", "an epoch >= 0"),
+            ])
 
     def __init__(self, **options: object) -> None:
         super().__init__(**options)

@@ -54,7 +54,8 @@ import torch
 from torch import Tensor
 
 import fairdefense
-from fairdefense_plugins.frl import (
+from fairdefense.toolkit import (
+    DeviceCache,
     batch_mean_weights,
     check_options,
     cost_sensitive_weights,
@@ -82,22 +83,22 @@ class BaselineReweight(fairdefense.FairnessPlugin):
         val_steps: int = 20
         val_size: float | None = None
 
+        def __post_init__(self) -> None:
+            check_options("baseline-reweight", self, [
+                (0.0 <= self.lim < 1.0, "lim", "in [0, 1) (it keeps every class weight positive)"),
+                (self.alpha >= 0.0, "alpha", ">= 0"),
+                (self.val_steps >= 1, "val_steps", ">= 1"),
+                (self.val_size is None or self.val_size > 0, "val_size", "> 0 (a count per class or a fraction)"),
+            ])
+
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        o = self.options
-        checks = [
-            (0.0 <= o.lim < 1.0, "lim", "in [0, 1) (it keeps every class weight positive)"),
-            (o.alpha >= 0.0, "alpha", ">= 0"),
-            (o.val_steps >= 1, "val_steps", ">= 1"),
-            (o.val_size is None or o.val_size > 0, "val_size", "> 0 (a count per class or a fraction)"),
-        ]
-        check_options(self.name, o, checks)
         self.phi: Tensor | None = None
-        self._device_weights: Tensor | None = None
+        self._device_weights = DeviceCache(self.class_weights)
 
     def _reset(self, num_classes: int) -> None:
         self.phi = torch.zeros(num_classes, dtype=torch.float64)
-        self._device_weights = None
+        self._device_weights.clear()
 
     def _ensure(self, num_classes: int) -> None:
         if self.phi is None or self.phi.numel() != num_classes:
@@ -123,14 +124,12 @@ class BaselineReweight(fairdefense.FairnessPlugin):
         robust_error = report.robust_error().double()
         violation = robust_error - pooled_mean(robust_error, counts) - self.options.tau
         self.phi = normalize_multipliers(self.phi + self.options.alpha * violation, self.options.lim)
-        self._device_weights = None
+        self._device_weights.clear()
 
     def reweight(self, batch: "fairdefense.BatchInfo", outputs: "fairdefense.BatchOutputs") -> "fairdefense.LossWeights":
         """Weighted batch mean of the adversarial term (and of the natural term if ``natural``)."""
         self._ensure(batch.num_classes)
-        if self._device_weights is None:
-            self._device_weights = self.class_weights().to(outputs.robust)
-        w = batch_mean_weights(self._device_weights, batch.y)
+        w = batch_mean_weights(self._device_weights.like(outputs.robust), batch.y)
         return fairdefense.LossWeights(natural=w if self.options.natural else None, robust=w)
 
     def plugin_state(self) -> dict[str, Tensor] | None:
@@ -140,4 +139,4 @@ class BaselineReweight(fairdefense.FairnessPlugin):
     def load_plugin_state(self, state: dict[str, Any]) -> None:
         """Restore the multipliers saved by :meth:`plugin_state`."""
         self.phi = torch.as_tensor(state["phi"], dtype=torch.float64).cpu().clone()
-        self._device_weights = None
+        self._device_weights.clear()

@@ -69,6 +69,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import fairdefense
+from fairdefense.toolkit import check_options
 
 __all__ = ["BAT", "uniform_kl"]
 
@@ -101,12 +102,7 @@ class BAT(fairdefense.FairnessPlugin):
         kl_direction: Literal["code", "paper"] = "code"
 
         def __post_init__(self) -> None:
-            for key in ("beta", "alpha", "extra_steps"):
-                value = getattr(self, key)
-                if not value >= 0:
-                    raise fairdefense.PluginOptionError(
-                        f"plugin 'bat': option '{key}' must be >= 0, got {value}."
-                    )
+            check_options("bat", self, [(getattr(self, key) >= 0, key, ">= 0") for key in ("beta", "alpha", "extra_steps")])
 
     def configure(self) -> dict[str, Any]:
         """TRADES with the option's beta, and the early-stopping budget of the attack."""

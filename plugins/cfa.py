@@ -53,7 +53,7 @@ Deviations and choices
       (adjust the learning rate if you compare with the code).
     - If ``begin = 0`` the first epoch has no ``t_k`` yet and uses the base ``eps`` and
       ``beta`` (the code fails there).
-    - Integer buffers are not averaged (see :class:`fairdefense_plugins.ema.WeightAverage`).
+    - Integer buffers are not averaged (see :class:`fairdefense.toolkit.WeightAverage`).
 
 Combination
     A component switched off does not register its hooks: ``cfa`` with ``fawa=false``
@@ -71,7 +71,7 @@ import torch
 from torch import Tensor
 
 import fairdefense
-from fairdefense_plugins.ema import WeightAverage
+from fairdefense.toolkit import WeightAverage, check_options
 
 __all__ = ["CFA"]
 
@@ -100,21 +100,15 @@ class CFA(fairdefense.FairnessPlugin):
         val_size: float | None = None
 
         def __post_init__(self) -> None:
-            checks = [
-                ("lambda1", self.lambda1 > 0, "> 0 (every class needs a positive radius)"),
-                ("lambda2", self.lambda2 >= 0, ">= 0"),
-                ("begin", self.begin >= 0, "an epoch index >= 0"),
-                ("fawa_begin", self.fawa_begin >= 0, "an epoch index >= 0"),
-                ("decay", 0 <= self.decay < 1, "in [0, 1)"),
-                ("threshold", 0 <= self.threshold <= 1, "an accuracy in [0, 1]"),
-                ("val_size", self.val_size is None or self.val_size > 0,
-                 "> 0 (a fraction < 1 or a count per class)"),
-            ]
-            for key, ok, expected in checks:
-                if not ok:
-                    raise fairdefense.PluginOptionError(
-                        f"plugin 'cfa': option '{key}' must be {expected}, got {getattr(self, key)}."
-                    )
+            check_options("cfa", self, [
+                (self.lambda1 > 0, "lambda1", "> 0 (every class needs a positive radius)"),
+                (self.lambda2 >= 0, "lambda2", ">= 0"),
+                (self.begin >= 0, "begin", "an epoch index >= 0"),
+                (self.fawa_begin >= 0, "fawa_begin", "an epoch index >= 0"),
+                (0 <= self.decay < 1, "decay", "in [0, 1)"),
+                (0 <= self.threshold <= 1, "threshold", "an accuracy in [0, 1]"),
+                (self.val_size is None or self.val_size > 0, "val_size", "> 0 (a fraction < 1 or a count per class)"),
+            ])
             if not (self.ccm or self.ccr or self.fawa):
                 raise fairdefense.PluginOptionError(
                     "plugin 'cfa': ccm, ccr and fawa are all off, so it would do nothing; "

@@ -37,53 +37,14 @@ Combination
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from torch import Tensor
 
 import fairdefense
+from fairdefense.toolkit import WeightAverage, check_options
 
-__all__ = ["WeightAverage", "EMA"]
-
-
-class WeightAverage:
-    """An exponential moving average of a module's full ``state_dict``.
-
-    The first :meth:`update` stores a copy; each later one sets every floating-point
-    entry to ``decay * average + (1 - decay) * current``. Integer entries (BatchNorm's
-    ``num_batches_tracked``) take the current value. Tensors stay on the device of
-    the state they come from.
-    """
-
-    def __init__(self, decay: float) -> None:
-        self.decay = float(decay)
-        self._average: dict[str, Tensor] | None = None
-
-    @property
-    def weights(self) -> dict[str, Tensor] | None:
-        """The averaged ``state_dict``, or ``None`` before the first update."""
-        return None if self._average is None else dict(self._average)
-
-    def update(self, state: Mapping[str, Tensor]) -> None:
-        """Fold one ``state_dict`` into the average (new tensors; nothing is changed in place)."""
-        previous = self._average
-        average = {}
-        for key, value in state.items():
-            value = value.detach()
-            if previous is None or not value.is_floating_point():
-                average[key] = value.clone()
-            else:
-                average[key] = self.decay * previous[key] + (1.0 - self.decay) * value
-        self._average = average
-
-    def state(self) -> dict[str, Any]:
-        """``{"average": state_dict}`` once something was averaged, else ``{}``."""
-        return {} if self._average is None else {"average": dict(self._average)}
-
-    def load_state(self, state: Mapping[str, Any]) -> None:
-        """Restore what :meth:`state` returned."""
-        average = state.get("average")
-        self._average = None if average is None else dict(average)
+__all__ = ["EMA"]
 
 
 class EMA(fairdefense.FairnessPlugin):
@@ -99,14 +60,10 @@ class EMA(fairdefense.FairnessPlugin):
         begin: int = 0
 
         def __post_init__(self) -> None:
-            if not 0.0 <= self.decay < 1.0:
-                raise fairdefense.PluginOptionError(
-                    f"plugin 'ema': option 'decay' must be in [0, 1), got {self.decay} (e.g. -o ema.decay=0.88)."
-                )
-            if self.begin < 0:
-                raise fairdefense.PluginOptionError(
-                    f"plugin 'ema': option 'begin' is an epoch index and must be >= 0, got {self.begin}."
-                )
+            check_options("ema", self, [
+                (0.0 <= self.decay < 1.0, "decay", "in [0, 1) (e.g. -o ema.decay=0.88)"),
+                (self.begin >= 0, "begin", "an epoch index >= 0"),
+            ])
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)

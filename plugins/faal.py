@@ -90,6 +90,7 @@ import torch
 from torch import Tensor
 
 import fairdefense
+from fairdefense.toolkit import check_options
 
 __all__ = ["FAAL", "solve_dro_weights", "class_margin_sums", "class_objective"]
 
@@ -213,17 +214,16 @@ class FAAL(fairdefense.FairnessPlugin):
         objective: Literal["code", "paper"] = "code"
 
         def __post_init__(self) -> None:
-            if not (self.r >= 0 and math.isfinite(self.r)):
-                raise fairdefense.PluginOptionError(f"plugin 'faal': option 'r' must be a finite number >= 0, got {self.r}.")
-            if self.begin < 0:
-                raise fairdefense.PluginOptionError(f"plugin 'faal': option 'begin' must be an epoch >= 0, got {self.begin}.")
+            check_options("faal", self, [
+                (self.r >= 0 and math.isfinite(self.r), "r", "a finite number >= 0"),
+                (self.begin >= 0, "begin", "an epoch >= 0"),
+                (self.r_late is None or (self.r_late >= 0 and math.isfinite(self.r_late)), "r_late", "a finite number >= 0"),
+            ])
             if (self.late_epoch is None) != (self.r_late is None):
                 raise fairdefense.PluginOptionError(
                     "plugin 'faal': options 'late_epoch' and 'r_late' go together; set both "
                     "(e.g. -o faal.late_epoch=150 -o faal.r_late=0.5) or neither."
                 )
-            if self.r_late is not None and not (self.r_late >= 0 and math.isfinite(self.r_late)):
-                raise fairdefense.PluginOptionError(f"plugin 'faal': option 'r_late' must be a finite number >= 0, got {self.r_late}.")
 
     def radius(self, epoch: int) -> float | None:
         """The KL radius used at ``epoch`` (from 0), or ``None`` before ``begin``."""

@@ -72,64 +72,17 @@ import torch
 from torch import Tensor
 
 import fairdefense
+from fairdefense.toolkit import (
+    DeviceCache,
+    batch_mean_weights,
+    check_options,
+    cost_sensitive_weights,
+    normalize_multipliers,
+    pooled_mean,
+    validation_counts,
+)
 
-__all__ = [
-    "FRL",
-    "normalize_multipliers",
-    "cost_sensitive_weights",
-    "batch_mean_weights",
-    "pooled_mean",
-    "validation_counts",
-    "check_options",
-]
-
-
-def normalize_multipliers(lam: Tensor, lim: float) -> Tensor:
-    """FRL's ``Norm``: clip at 0, then rescale to sum ``lim`` if the sum exceeds ``lim``."""
-    lam = lam.clamp_min(0.0)
-    total = lam.sum()
-    return lam * (lim / total) if total > lim else lam
-
-
-def cost_sensitive_weights(lam: Tensor) -> Tensor:
-    """Class weights of the Lagrangian: ``1/C + lam_c - mean(lam)`` (they sum to 1)."""
-    return 1.0 / lam.numel() + lam - lam.mean()
-
-
-def batch_mean_weights(class_weights: Tensor, y: Tensor) -> Tensor:
-    """Per-sample weights ``w_{y_i} * B / sum_j w_{y_j}``.
-
-    With them the trainer's ``mean(w * term)`` is the weighted batch mean
-    ``sum_i w_{y_i} term_i / sum_i w_{y_i}`` of the authors' code.
-    """
-    w = class_weights[y]
-    return w * (len(y) / w.sum())
-
-
-def pooled_mean(values: Tensor, counts: Tensor) -> Tensor:
-    """Mean of per-class ``values`` weighted by the class ``counts`` (the overall rate)."""
-    counts = counts.to(values.dtype)
-    return (values * counts).sum() / counts.sum()
-
-
-def validation_counts(plugin: str, report: "fairdefense.ClassReport") -> Tensor:
-    """The report's per-class counts; raises if a class has no validation sample."""
-    empty = [report.class_names[c] for c in torch.nonzero(report.counts == 0).flatten().tolist()]
-    if empty:
-        raise fairdefense.ConfigError(
-            f"plugin '{plugin}': the validation split has no sample of class(es) {empty}; "
-            f"raise val_size (e.g. -o {plugin}.val_size=300) so that every class is held out."
-        )
-    return report.counts
-
-
-def check_options(plugin: str, options: Any, checks: list[tuple[bool, str, str]]) -> None:
-    """Raise :class:`~fairdefense.PluginOptionError` for the first ``(ok, key, expected)`` that fails."""
-    for ok, key, expected in checks:
-        if not ok:
-            raise fairdefense.PluginOptionError(
-                f"plugin '{plugin}': option '{key}' must be {expected}, got {getattr(options, key)!r}."
-            )
+__all__ = ["FRL"]
 
 
 class FRL(fairdefense.FairnessPlugin):
@@ -155,25 +108,25 @@ class FRL(fairdefense.FairnessPlugin):
         val_steps: int = 20
         val_size: float | None = None
 
+        def __post_init__(self) -> None:
+            check_options("frl", self, [
+                (0.0 <= self.lim < 1.0, "lim", "in [0, 1) (it keeps every class weight positive)"),
+                (self.a1 >= 0.0, "a1", ">= 0"),
+                (self.a2 >= 0.0, "a2", ">= 0"),
+                (0.0 < self.min_eps_mult <= self.max_eps_mult, "min_eps_mult", "> 0 and <= max_eps_mult"),
+                (0.0 < self.a1_decay <= 1.0, "a1_decay", "in (0, 1]"),
+                (self.a1_decay_every >= 0, "a1_decay_every", ">= 0 (0 never decays)"),
+                (self.beta >= 0.0, "beta", ">= 0"),
+                (self.val_steps >= 1, "val_steps", ">= 1"),
+                (self.val_size is None or self.val_size > 0, "val_size", "> 0 (a count per class or a fraction)"),
+            ])
+
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        o = self.options
-        checks = [
-            (0.0 <= o.lim < 1.0, "lim", "in [0, 1) (it keeps every class weight positive)"),
-            (o.a1 >= 0.0, "a1", ">= 0"),
-            (o.a2 >= 0.0, "a2", ">= 0"),
-            (0.0 < o.min_eps_mult <= o.max_eps_mult, "min_eps_mult", "> 0 and <= max_eps_mult"),
-            (0.0 < o.a1_decay <= 1.0, "a1_decay", "in (0, 1]"),
-            (o.a1_decay_every >= 0, "a1_decay_every", ">= 0 (0 never decays)"),
-            (o.beta >= 0.0, "beta", ">= 0"),
-            (o.val_steps >= 1, "val_steps", ">= 1"),
-            (o.val_size is None or o.val_size > 0, "val_size", "> 0 (a count per class or a fraction)"),
-        ]
-        check_options(self.name, o, checks)
         self.lam0: Tensor | None = None
         self.lam1: Tensor | None = None
         self.lam2: Tensor | None = None
-        self._cache: dict[tuple[torch.device, torch.dtype], dict[str, Tensor]] = {}
+        self._cache = DeviceCache(self.class_vectors)
 
     # ------------------------------------------------------------- state
     @property
@@ -203,13 +156,6 @@ class FRL(fairdefense.FairnessPlugin):
             "w1": cost_sensitive_weights(self.lam1),
             "eps_mult": torch.exp(2.0 * self.lam2).clamp(o.min_eps_mult, o.max_eps_mult),
         }
-
-    def _vectors_like(self, like: Tensor) -> dict[str, Tensor]:
-        """:meth:`class_vectors` on ``like``'s device and dtype, cached until the next update."""
-        key = (like.device, like.dtype)
-        if key not in self._cache:
-            self._cache[key] = {k: v.to(like) for k, v in self.class_vectors().items()}
-        return self._cache[key]
 
     def rate1(self, epoch: int) -> float:
         """``a1`` for the update made after 0-based epoch ``epoch`` (halved as in the code)."""
@@ -255,13 +201,13 @@ class FRL(fairdefense.FairnessPlugin):
         if not self.adapts_radius:
             return None
         self._ensure(batch.num_classes)
-        mult = self._vectors_like(batch.x)["eps_mult"]
+        mult = self._cache.like(batch.x)["eps_mult"]
         return fairdefense.Margins(eps=batch.eps * mult, step=batch.eps_step * mult[batch.y].max())
 
     def reweight(self, batch: "fairdefense.BatchInfo", outputs: "fairdefense.BatchOutputs") -> "fairdefense.LossWeights":
         """Weighted batch means of the natural (``w0``) and boundary (``w1``) terms."""
         self._ensure(batch.num_classes)
-        vectors = self._vectors_like(outputs.robust)
+        vectors = self._cache.like(outputs.robust)
         natural = batch_mean_weights(vectors["w0"], batch.y)
         robust = batch_mean_weights(vectors["w1"], batch.y) if self.reweights_boundary else None
         return fairdefense.LossWeights(natural=natural, robust=robust)

@@ -56,7 +56,7 @@ import torch
 from torch import Tensor
 
 import fairdefense
-from fairdefense_plugins.frl import check_options, pooled_mean, validation_counts
+from fairdefense.toolkit import DeviceCache, check_options, pooled_mean, validation_counts
 
 __all__ = ["WAT", "hedge_weights"]
 
@@ -80,24 +80,24 @@ class WAT(fairdefense.FairnessPlugin):
         val_steps: int = 10
         val_size: float | None = None
 
+        def __post_init__(self) -> None:
+            check_options("wat", self, [
+                (self.eta >= 0.0, "eta", ">= 0"),
+                (self.beta >= 0.0, "beta", ">= 0"),
+                (self.val_steps >= 1, "val_steps", ">= 1"),
+                (self.val_size is None or self.val_size > 0, "val_size", "> 0 (a count per class or a fraction)"),
+            ])
+
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        o = self.options
-        checks = [
-            (o.eta >= 0.0, "eta", ">= 0"),
-            (o.beta >= 0.0, "beta", ">= 0"),
-            (o.val_steps >= 1, "val_steps", ">= 1"),
-            (o.val_size is None or o.val_size > 0, "val_size", "> 0 (a count per class or a fraction)"),
-        ]
-        check_options(self.name, o, checks)
         self.cumulative: Tensor | None = None
         self.weights: Tensor | None = None
-        self._device_weights: Tensor | None = None
+        self._device_weights = DeviceCache(lambda: self.weights)
 
     def _reset(self, num_classes: int) -> None:
         self.cumulative = torch.zeros(num_classes + 1, dtype=torch.float64)
         self.weights = torch.ones(num_classes + 1, dtype=torch.float64)
-        self._device_weights = None
+        self._device_weights.clear()
 
     def _ensure(self, num_classes: int) -> None:
         if self.weights is None or self.weights.numel() != num_classes + 1:
@@ -125,14 +125,13 @@ class WAT(fairdefense.FairnessPlugin):
         cost = report.losses["clean_ce"].double() + self.options.beta * report.losses["kl"].double()
         self.cumulative = self.cumulative + torch.cat([cost, pooled_mean(cost, counts).reshape(1)])
         self.weights = hedge_weights(self.cumulative, self.options.eta, report.num_classes)
-        self._device_weights = None
+        self._device_weights.clear()
 
     def reweight(self, batch: "fairdefense.BatchInfo", outputs: "fairdefense.BatchOutputs") -> "fairdefense.LossWeights":
         """Each sample's natural and robust terms weighted by ``w_{y_i} + w_C``."""
         self._ensure(batch.num_classes)
-        if self._device_weights is None:
-            self._device_weights = self.weights.to(outputs.robust)
-        w = self._device_weights[batch.y] + self._device_weights[-1]
+        weights = self._device_weights.like(outputs.robust)
+        w = weights[batch.y] + weights[-1]
         return fairdefense.LossWeights(natural=w, robust=w)
 
     def plugin_state(self) -> dict[str, Tensor] | None:
@@ -145,4 +144,4 @@ class WAT(fairdefense.FairnessPlugin):
         """Restore what :meth:`plugin_state` saved."""
         self.cumulative = torch.as_tensor(state["cumulative"], dtype=torch.float64).cpu().clone()
         self.weights = torch.as_tensor(state["weights"], dtype=torch.float64).cpu().clone()
-        self._device_weights = None
+        self._device_weights.clear()

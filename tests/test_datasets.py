@@ -336,6 +336,21 @@ def test_imagefolder_errors(tmp_path):
         dataset_spec("imagefolder", str(tmp_path))
 
 
+def test_imagefolder_corrupt_image_is_named(tmp_path):
+    write_imagefolder(tmp_path)
+    bad = tmp_path / "train" / "emu" / "broken.png"
+    bad.write_bytes(b"not an image at all")
+    truncated = tmp_path / "test" / "cat" / "0.png"
+    truncated.write_bytes(truncated.read_bytes()[:60])
+    b = load_dataset("imagefolder", str(tmp_path), download=False)
+    index = [p for p, _ in b.train.samples].index(str(bad))
+    with pytest.raises(ConfigError, match=r"cannot read image .*broken\.png.*Replace or remove"):
+        b.train[index]
+    with pytest.raises(ConfigError, match=r"cannot read image .*cat/0\.png"):
+        b.test[0]
+    b.train[0]  # readable files still load
+
+
 # -------------------------------------------------------------- registry/spec
 def test_specs_agree_with_loaded_bundles(tmp_path, monkeypatch):
     from torchvision.datasets import CIFAR10, CIFAR100

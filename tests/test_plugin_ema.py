@@ -10,7 +10,8 @@ from torch import nn
 
 import fairdefense
 from fairdefense.cli import main as cli_main
-from fairdefense_plugins.ema import EMA, WeightAverage
+from fairdefense.toolkit import WeightAverage
+from fairdefense_plugins.ema import EMA
 
 
 def tiny_module() -> nn.Module:

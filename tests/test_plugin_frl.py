@@ -11,7 +11,8 @@ import torch
 import fairdefense
 from fairdefense.checkpoint import load_checkpoint
 from fairdefense.cli import main as cli_main
-from fairdefense_plugins.frl import FRL, cost_sensitive_weights, normalize_multipliers
+from fairdefense.toolkit import cost_sensitive_weights, normalize_multipliers
+from fairdefense_plugins.frl import FRL
 
 C = 3
 

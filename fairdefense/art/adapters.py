@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from fairdefense.errors import ConfigError
+from fairdefense.models.normalize import Standardize
 
 __all__ = [
     "ARTParts",
@@ -63,18 +64,6 @@ class ARTParts:
     nb_classes: int
     clip: tuple | None
     device: torch.device
-
-
-class _Standardize(nn.Module):
-    """``(x - mean) / std`` with ART's broadcasting of ``mean``/``std`` (buffers)."""
-
-    def __init__(self, mean: np.ndarray, std: np.ndarray) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
-        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return (x - self.mean) / self.std
 
 
 class _ARTPreprocessor(nn.Module):
@@ -139,7 +128,7 @@ def _fold(classifier: Any) -> list[tuple[nn.Module, bool, bool]]:
                 continue
             probe = np.zeros((1, *classifier.input_shape), dtype=np.float32)
             mean, std = broadcastable_mean_std(probe, mean, std)
-            steps.append((_Standardize(mean, std), bool(op.apply_fit), bool(op.apply_predict)))
+            steps.append((Standardize(mean, std), bool(op.apply_fit), bool(op.apply_predict)))
         elif name in ("MixupPyTorch", "CutMixPyTorch"):
             raise ConfigError(
                 f"the classifier's preprocessing defence {name} mixes labels into soft targets, which "

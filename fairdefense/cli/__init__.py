@@ -17,6 +17,8 @@ __all__ = ["main", "build_parser", "subcommands", "ORDER"]
 
 #: Help order of the subcommands; any other module of this package follows.
 ORDER = ("train", "evaluate", "compare", "plugins", "recipes")
+#: Subcommands that run models and take ``--threads``.
+THREADED = ("train", "evaluate")
 
 
 def subcommands() -> list[str]:
@@ -30,12 +32,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name in subcommands():
         importlib.import_module(f"fairdefense.cli.{name}").add_parser(sub)
+    for name in THREADED:
+        sub.choices[name].add_argument(
+            "--threads", type=int, metavar="N",
+            help="CPU threads for torch (default: the CPUs this process may use, from its affinity and cgroup "
+                 "quota); use 1 when several runs share the machine",
+        )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command in THREADED:
+            from fairdefense.threads import set_threads
+
+            set_threads(args.threads)
         return importlib.import_module(f"fairdefense.cli.{args.command}").run(args)
     except FairDefenseError as exc:
         print(f"fairdefense {args.command}: error: {exc}", file=sys.stderr)

@@ -10,7 +10,7 @@ __all__ = ["add_parser", "run"]
 
 def add_parser(sub) -> None:
     p = sub.add_parser("objectives", help="list installed base objectives")
-    p.add_argument("filter", nargs="?", help="only names containing this")
+    p.add_argument("filter", nargs="?", help="only names containing this (case-insensitive), or matching it if it has * ? [...]")
 
 
 def _attack(info) -> str:

@@ -9,7 +9,7 @@ __all__ = ["add_parser", "run", "print_listing"]
 
 def add_parser(sub) -> None:
     pl = sub.add_parser("plugins", help="list installed plugins")
-    pl.add_argument("filter", nargs="?", help="only names containing this")
+    pl.add_argument("filter", nargs="?", help="only names containing this (case-insensitive), or matching it if it has * ? [...]")
 
 
 def print_listing(infos: Sequence, what: str, filter: str | None, detail: Callable[[object], str]) -> None:

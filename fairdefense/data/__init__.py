@@ -17,7 +17,7 @@ from typing import Any, Callable, Union
 
 from fairdefense.data import cifar, digits, gtsrb, imagefolder, svhn
 from fairdefense.data.bundle import DatasetBundle
-from fairdefense.data.splits import per_class_split, stratified_split
+from fairdefense.splits import per_class_split, stratified_split
 from fairdefense.errors import ConfigError
 
 __all__ = [

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from fairdefense.data.bundle import DatasetBundle
-from fairdefense.data.splits import stratified_split
+from fairdefense.splits import stratified_split
 
 __all__ = ["load_digits_bundle", "DIGITS_DEFAULTS"]
 

@@ -10,7 +10,8 @@ Classes are the sub-folder names in sorted order (class ``k`` is the ``k``-th na
 train and test must have the same class folders. Images are converted to RGB,
 their shorter side resized to ``image_size`` (default 32) and center-cropped to
 ``image_size`` x ``image_size``. They are read from disk at every access (nothing
-is held in memory). Normalisation uses the ImageNet statistics. Training
+is held in memory); a file that is not a readable image stops the run with an error
+naming it. Normalisation uses the ImageNet statistics. Training
 augmentation: random crop of the image zero-padded by ``image_size // 8`` pixels,
 then a horizontal flip with probability 1/2. Nothing is ever downloaded.
 """
@@ -65,7 +66,7 @@ def load_imagefolder(data_dir: str | None = None, download: bool = True, image_s
         [transforms.Resize(image_size), transforms.CenterCrop(image_size), transforms.ToTensor()]
     )
     try:
-        train, test = (ImageFolder(str(d), transform=to_tensor) for d in (train_dir, test_dir))
+        train, test = (ImageFolder(str(d), transform=to_tensor, loader=_open_rgb) for d in (train_dir, test_dir))
     except FileNotFoundError as exc:
         raise ConfigError(f"imagefolder: {exc}. Every class folder needs at least one image.") from exc
     return DatasetBundle(
@@ -80,6 +81,17 @@ def load_imagefolder(data_dir: str | None = None, download: bool = True, image_s
         augment=crop_augment(image_size, padding=image_size // 8, flip=True),
         defaults=dict(IMAGEFOLDER_DEFAULTS),
     )
+
+
+def _open_rgb(path: str):
+    """torchvision's PIL loader, with an error that names an unreadable file."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except OSError as exc:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+        raise ConfigError(f"imagefolder: cannot read image {path} ({exc}). Replace or remove that file.") from exc
 
 
 def _class_folders(folder: Path) -> list[str]:

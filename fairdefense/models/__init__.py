@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import difflib
-import fnmatch
 from typing import Callable
 
 from torch import nn
 
 from fairdefense.errors import ConfigError
+from fairdefense.listing import matches
 from fairdefense.models.normalize import Normalized
 from fairdefense.models.preact_resnet import PreActResNet, preact_resnet18
 from fairdefense.models.resnet import ResNet, resnet18
@@ -44,10 +44,9 @@ def register_model(name: str, factory: Callable[..., nn.Module]) -> None:
     MODELS[name] = factory
 
 
-def list_models(filter: str = "") -> list[str]:
-    """Registered model names, optionally filtered by a wildcard pattern (``"*resnet*"``)."""
-    names = sorted(MODELS)
-    return [n for n in names if fnmatch.fnmatch(n, filter)] if filter else names
+def list_models(filter: str | None = None) -> list[str]:
+    """Registered model names; ``filter`` follows :func:`fairdefense.listing.matches` (``"resnet"``, ``"wrn*"``)."""
+    return [n for n in sorted(MODELS) if matches(n, filter)]
 
 
 def model_factory(name: str) -> Callable[..., nn.Module]:

@@ -27,6 +27,7 @@ from torch import Tensor
 from fairdefense.errors import ConfigError
 from fairdefense.evaluation import AUTOATTACK, attack_settings
 from fairdefense.metrics import WORST_CASE, ClassReport
+from fairdefense.version import __version__
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -109,8 +110,6 @@ def build_metrics(
     ``weights``, ``weights_used``); ``eps``/``norm``/``seed``/``autoattack`` are the
     settings the report was produced with.
     """
-    from fairdefense import __version__
-
     summary = report.summary()
     attacks = [a for a in report.robust_acc if a != WORST_CASE]
     settings = {a: attack_settings(a, eps=eps, norm=norm, num_classes=report.num_classes, autoattack=autoattack)
