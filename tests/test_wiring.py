@@ -168,3 +168,16 @@ def test_bat_uniform_term_defaults_to_the_codes_direction():
         logits_adv=logits, natural=None, robust=torch.zeros(2), eps=torch.zeros(2),
     )
     assert BAT().extra_loss(outputs=outputs).item() == pytest.approx(2 * sum(kl_f_u) / 2, abs=1e-6)
+
+
+# -------------------------------------------------------------------- recipes
+def test_every_recipe_sets_its_codes_attack_mode():
+    """Train mode where the authors' code attacks in train mode (CFA's AT and EMA runs, Rice et
+    al.'s WRN-34-10), eval mode everywhere else; no recipe leaves it to the library default."""
+    from fairdefense.recipes import list_recipes, load_recipe
+
+    modes = {info.name: load_recipe(info.name).config.get("attack_mode") for info in list_recipes()}
+    assert None not in modes.values(), [name for name, mode in modes.items() if mode is None]
+    assert {name for name, mode in modes.items() if mode == "train"} == {
+        "cfa-at-cifar10-prn18", "ema-at-cifar10-prn18", "pgdat-cifar10-wrn34",
+    }
