@@ -24,7 +24,7 @@ from fairdefense.evaluation import evaluate
 from fairdefense.manager import PluginHost, PluginInfo, list_plugins
 from fairdefense.metrics import ClassReport, ClassStats
 from fairdefense.models import create_model, list_models
-from fairdefense.objectives import PGDAT, TRADES, Objective, make_objective
+from fairdefense.objectives import FAT, MART, PGDAT, TRADES, Objective, ObjectiveInfo, list_objectives, make_objective
 from fairdefense.plugin import FairnessPlugin, hookimpl
 from fairdefense.trainer import Trainer, TrainResult
 from fairdefense.version import __version__
@@ -77,7 +77,11 @@ __all__ = [
     "Objective",
     "PGDAT",
     "TRADES",
+    "MART",
+    "FAT",
     "make_objective",
+    "list_objectives",
+    "ObjectiveInfo",
     "pgd",
     "pgd_early_stop",
     # evaluation

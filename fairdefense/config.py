@@ -42,6 +42,7 @@ class TrainConfig:
     norm: str | None = None
     random_start: str | None = None
     early_stop_extra_steps: int | None = None
+    attack_mode: str | None = None
     val_size: float | None = None
     val_steps: int | None = None
     validate_first: bool | None = None
@@ -100,6 +101,7 @@ DEFAULTS: dict[str, Any] = {
     "attack_steps": 10,
     "norm": "linf",
     "early_stop_extra_steps": 1,
+    "attack_mode": "eval",
     "val_size": 0.1,
     "val_steps": 10,
     "validate_first": False,
@@ -185,5 +187,10 @@ def _check(c: TrainConfig, clip: tuple | None) -> None:
         raise ConfigError(f"amp must be 'off', 'bf16' or 'fp16', got {c.amp!r}.")
     if int(c.workers) < 0:
         raise ConfigError(f"workers must be >= 0 (0 loads data in the training process), got {c.workers}.")
+    if c.attack_mode not in ("eval", "train"):
+        raise ConfigError(
+            f"attack_mode must be 'eval' (attack with BatchNorm's running statistics, no update) or 'train' "
+            f"(batch statistics; the attack's forwards update the running statistics), got {c.attack_mode!r}."
+        )
     if c.early_stop_extra_steps < 0:
         raise ConfigError(f"early_stop_extra_steps must be >= 0, got {c.early_stop_extra_steps}.")

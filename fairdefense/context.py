@@ -171,11 +171,16 @@ class BatchOutputs:
       ``select_examples`` replaced the natural input; ``None`` for PGD-AT.
     - ``logits_adv``: ``f(x_adv)``.
     - ``natural``/``robust``: the objective's unweighted per-sample terms ``(B,)``
-      (``natural`` is ``None`` for PGD-AT). For TRADES the robust term is
-      ``KL(f(x) || f(x_adv))`` and the trainer multiplies it by ``beta``.
+      (``natural`` is ``None`` for PGD-AT and FAT). For TRADES the robust term is
+      ``KL(f(x) || f(x_adv))`` and the trainer multiplies it by ``beta``; for MART
+      ``natural`` is the boosted CE on ``x_adv`` and ``robust`` the KL times
+      ``1 - f(x)_y`` (see :mod:`fairdefense.objectives`).
     - ``eps``: the radius each sample was attacked with ``(B,)``.
     - ``record``: the attack's iterate record when early stopping was on, else ``None``.
 
+    The objective builds this object (:meth:`~fairdefense.objectives.Objective.terms`);
+    the trainer sets ``eps`` and ``record``, so in hooks ``eps`` is always a tensor
+    (``None`` only when an objective is called outside the trainer, e.g. on AWP's proxy).
     Logits carry gradients (``extra_loss`` may build on them); ``reweight`` results
     are detached by the trainer.
     """
@@ -187,5 +192,5 @@ class BatchOutputs:
     logits_adv: Tensor
     natural: Tensor | None
     robust: Tensor
-    eps: Tensor
+    eps: Tensor | None = None
     record: "AttackRecord | None" = None

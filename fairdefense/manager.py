@@ -20,7 +20,7 @@ import difflib
 import importlib.metadata as metadata
 import inspect
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import pluggy
 import torch
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from fairdefense.context import BatchInfo, BatchOutputs, EpochInfo, RunInfo
     from fairdefense.metrics import ClassStats
 
-__all__ = ["ENTRY_POINT_GROUP", "PluginInfo", "list_plugins", "PluginHost"]
+__all__ = ["ENTRY_POINT_GROUP", "PluginInfo", "list_plugins", "Installed", "installed", "entry_points", "nearest", "PluginHost"]
 
 ENTRY_POINT_GROUP = "fairdefense.plugins"
 
@@ -58,8 +58,9 @@ class PluginInfo:
     error: str | None = None
 
 
-def _entry_points() -> dict[str, metadata.EntryPoint]:
-    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+def entry_points(group: str = ENTRY_POINT_GROUP) -> dict[str, metadata.EntryPoint]:
+    """The installed entry points of ``group`` by name (strategies by default)."""
+    return {ep.name: ep for ep in metadata.entry_points(group=group)}
 
 
 def _hooks_of(obj: Any) -> tuple[str, ...]:
@@ -78,6 +79,49 @@ def _summary(obj: Any) -> str:
     return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
+@dataclass(frozen=True)
+class Installed:
+    """One entry point of a group: name, version and distribution, and the loaded
+    ``target`` with the first line of its docstring, or the ``error`` loading raised."""
+
+    name: str
+    version: str
+    distribution: str
+    target: Any = None
+    description: str = ""
+    error: str | None = None
+
+
+def nearest(name: str, names: Iterable[str]) -> str:
+    """`` Did you mean 'a' or 'b'?`` for the names closest to ``name``, or ``""``."""
+    near = difflib.get_close_matches(name, list(names), n=3, cutoff=0.5)
+    return f" Did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
+
+
+def installed(
+    group: str, filter: str | None = None, load: Callable[[metadata.EntryPoint], Any] = metadata.EntryPoint.load
+) -> list[Installed]:
+    """The entry points of ``group``, sorted by name, each loaded with ``load``.
+
+    ``filter`` keeps the names it matches (:func:`fairdefense.listing.matches`). An entry
+    point that fails to load is listed with its ``error`` rather than breaking the
+    listing (a broken third-party package must not hide the others).
+    """
+    found = []
+    for name, ep in sorted(entry_points(group).items()):
+        if not matches(name, filter):
+            continue
+        dist = ep.dist
+        dist_name, version = (dist.name, dist.version) if dist is not None else ("?", "?")
+        try:
+            target = load(ep)
+        except Exception as exc:
+            found.append(Installed(name, version, dist_name, error=f"{type(exc).__name__}: {exc}"))
+            continue
+        found.append(Installed(name, version, dist_name, target, _summary(target)))
+    return found
+
+
 def list_plugins(filter: str | None = None) -> list[PluginInfo]:
     """List the installed plugins (name, version, distribution, hooks, description).
 
@@ -85,19 +129,10 @@ def list_plugins(filter: str | None = None) -> list[PluginInfo]:
     plugin whose entry point fails to import is listed with its ``error`` rather
     than breaking the listing.
     """
-    infos = []
-    for name, ep in sorted(_entry_points().items()):
-        if not matches(name, filter):
-            continue
-        dist = ep.dist
-        dist_name, version = (dist.name, dist.version) if dist is not None else ("?", "?")
-        try:
-            obj = ep.load()
-        except Exception as exc:  # a broken third-party package must not break the listing
-            infos.append(PluginInfo(name, version, dist_name, (), "", f"{type(exc).__name__}: {exc}"))
-            continue
-        infos.append(PluginInfo(name, version, dist_name, _hooks_of(obj), _summary(obj)))
-    return infos
+    return [
+        PluginInfo(i.name, i.version, i.distribution, () if i.error else _hooks_of(i.target), i.description, i.error)
+        for i in installed(ENTRY_POINT_GROUP, filter)
+    ]
 
 
 def _plugin_name(obj: Any) -> str:
@@ -178,12 +213,10 @@ class PluginHost:
                     f"pass its options to its constructor instead."
                 )
             return item
-        eps = _entry_points()
+        eps = entry_points()
         if item not in eps:
-            near = difflib.get_close_matches(item, list(eps), n=3, cutoff=0.5)
-            hint = f" Did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
             raise PluginNotFoundError(
-                f"unknown plugin '{item}'.{hint} Installed plugins: {', '.join(sorted(eps)) or 'none'} "
+                f"unknown plugin '{item}'.{nearest(item, eps)} Installed plugins: {', '.join(sorted(eps)) or 'none'} "
                 f"(run 'fairdefense plugins' to list them with descriptions)."
             )
         try:

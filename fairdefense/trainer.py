@@ -20,7 +20,7 @@ import dataclasses
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -33,12 +33,12 @@ from fairdefense import distributed
 from fairdefense.attacks import AttackRecord, global_batch, pgd, pgd_early_stop
 from fairdefense.checkpoint import FORMAT_VERSION, load_checkpoint, rng_state, save_checkpoint, set_rng_state, versions
 from fairdefense.config import TrainConfig, resolve, select_device
-from fairdefense.context import BatchInfo, BatchOutputs, EpochInfo, Margins, RunInfo
+from fairdefense.context import BatchInfo, EpochInfo, Margins, RunInfo
 from fairdefense.errors import ConfigError, NonFiniteLossError
 from fairdefense.evaluation import evaluate
 from fairdefense.manager import PluginHost
 from fairdefense.metrics import ClassReport, ClassStats, summarize
-from fairdefense.objectives import Terms, make_objective
+from fairdefense.objectives import make_objective
 from fairdefense.splits import per_class_split
 from fairdefense.run_folder import RunFolder, is_training_state, load_training_state
 from fairdefense.sharding import ShardedLoader
@@ -340,33 +340,20 @@ class Trainer:
         return eps, step
 
     def _attack(self, x: Tensor, y: Tensor, eps, step) -> tuple[Tensor, AttackRecord | None, int]:
-        """The training attack through the bare (or compiled) module, in eval mode."""
+        """The training attack through the bare (or compiled) module, in ``attack_mode`` (eval by default)."""
         c = self.config
         start = c.random_start or self.objective.random_start
         attack = dict(norm=c.norm, loss=self.objective.attack_loss, random_start=start, clip=self.clip,
                       generator=self.attack_rng)
-        self.model.eval()
+        self.model.train(c.attack_mode == "train")
         try:
-            if self.host.implements("select_examples"):
+            if self.objective.early_stop or self.host.implements("select_examples"):
                 record = pgd_early_stop(self.net, x, y, eps, step, c.attack_steps, extra_steps=c.early_stop_extra_steps,
                                         **attack)
                 return record.x_adv, record, record.steps
             return pgd(self.net, x, y, eps, step, c.attack_steps, **attack), None, c.attack_steps
         finally:
             self.model.train()
-
-    def _outputs(
-        self, x: Tensor, y: Tensor, x_adv: Tensor, x_natural: Tensor | None, eps, record
-    ) -> tuple[Terms, BatchOutputs]:
-        """The objective's forward passes through ``train_net`` and what the hooks receive."""
-        terms = self.objective.terms(self.train_net, x, y, x_adv, x_natural)
-        outputs = BatchOutputs(
-            x_natural=x if x_natural is None else x_natural, x_adv=x_adv,
-            logits_clean=terms.logits_clean, logits_natural=terms.logits_natural, logits_adv=terms.logits_adv,
-            natural=terms.natural, robust=terms.robust,
-            eps=torch.as_tensor(eps, dtype=x.dtype, device=x.device).expand(len(y)), record=record,
-        )
-        return terms, outputs
 
     def _shift(self, perturbation: dict[str, Tensor] | None, sign: float) -> None:
         if perturbation:
@@ -401,9 +388,11 @@ class Trainer:
                     x_adv = selection.adversarial if selection.adversarial is not None else x_adv
             perturbation = self.host.perturb_weights(info, x_adv)
             self._shift(perturbation, 1.0)
-            terms, outputs = self._outputs(x, y, x_adv, x_natural, eps, record)
+            # the objective's forward passes through train_net give what the hooks receive
+            outputs = replace(self.objective.terms(self.train_net, x, y, x_adv, x_natural),
+                              eps=torch.as_tensor(eps, dtype=x.dtype, device=x.device).expand(len(y)), record=record)
             w_natural, w_robust = self.host.reweight(info, outputs)
-            loss = self.objective.reduce(terms, w_natural, w_robust)
+            loss = self.objective.reduce(outputs, w_natural, w_robust)
             extra = self.host.extra_loss(info, outputs)
             if extra is not None:
                 loss = loss + extra
@@ -417,8 +406,8 @@ class Trainer:
         self._shift(perturbation, -1.0)
         part = (loss.detach().float() * share) if len(y) else loss.new_zeros((), dtype=torch.float32)
         self.global_step += 1
-        clean = None if terms.logits_clean is None else terms.logits_clean.detach()
-        return StepOutput(part, torch.isfinite(part), terms.logits_adv.detach(), clean, steps)
+        clean = None if outputs.logits_clean is None else outputs.logits_clean.detach()
+        return StepOutput(part, torch.isfinite(part), outputs.logits_adv.detach(), clean, steps)
 
     # -------------------------------------------------------------- one epoch
     def _epoch_info(self, epoch: int) -> EpochInfo:

@@ -74,6 +74,9 @@ Deviations from the authors' code, and why:
   ``a_c = n_c m_c``, such a class has ``a_c = 0`` whatever the fill value (its
   weight is never used by the loss). This module computes ``a_c`` as the
   per-class sum of margins, which is the same number.
+- The paper's equations weight the class mean margin ``m_c``; the code ``n_c m_c``.
+  ``objective="paper"`` selects the paper's form (:func:`class_objective`); the
+  default is the code's.
 - The paper's from-scratch schedule is not in the public code; ``begin``,
   ``late_epoch`` and ``r_late`` reproduce the schedule the paper describes.
 """
@@ -81,6 +84,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable, Literal
 
 import torch
 from torch import Tensor
@@ -88,7 +92,7 @@ from torch import Tensor
 import fairdefense
 from fairdefense.toolkit import check_options
 
-__all__ = ["FAAL", "solve_dro_weights", "class_margin_sums"]
+__all__ = ["FAAL", "solve_dro_weights", "class_margin_sums", "class_objective"]
 
 #: Cells the bracket is split into per round of the vectorised multi-section.
 _GRID = 64
@@ -167,6 +171,25 @@ def class_margin_sums(logits: Tensor, y: Tensor, num_classes: int) -> Tensor:
         return torch.zeros(num_classes, dtype=margins.dtype, device=margins.device).index_add_(0, y, margins)
 
 
+def class_objective(
+    logits: Tensor, y: Tensor, num_classes: int, form: str = "code",
+    all_reduce_sum: Callable[[Tensor], Tensor] = lambda t: t,
+) -> Tensor:
+    """The coefficients ``a_c`` of the DRO objective ``sum_c a_c p_c``.
+
+    ``"code"``: ``a_c = n_c m_c`` (the authors' code weights each class's mean margin by
+    its count in the batch; :func:`class_margin_sums`). ``"paper"``: ``a_c = m_c``, the class
+    mean margin of the paper's equations, with ``-1`` for a class absent from the batch
+    (the fill value of the code's class means). ``all_reduce_sum`` sums the per-class
+    statistics over the processes of a data-parallel run (the identity in one process).
+    """
+    sums = all_reduce_sum(class_margin_sums(logits, y, num_classes))
+    if form == "code":
+        return sums
+    counts = all_reduce_sum(torch.zeros_like(sums).index_add_(0, y, torch.ones_like(y, dtype=sums.dtype)))
+    return torch.where(counts > 0, sums / counts.clamp_min(1), torch.full_like(sums, -1.0))
+
+
 class FAAL(fairdefense.FairnessPlugin):
     """FAAL (Zhang et al., CVPR 2024): per-batch class weights from KL-ball group DRO on margins."""
 
@@ -183,12 +206,16 @@ class FAAL(fairdefense.FairnessPlugin):
         ``late_epoch``/``r_late``: from epoch ``late_epoch`` on, use radius ``r_late``
         (the paper's from-scratch run: ``r=0.25`` raised to 0.5 at epoch 150);
         set both or neither.
+        ``objective``: ``"code"`` weights each class's mean margin by its count in the
+        batch (``a_c = n_c m_c``, the authors' code); ``"paper"`` uses the class mean
+        margin ``m_c`` of the paper's equations (see :func:`class_objective`).
         """
 
         r: float = 0.5
         begin: int = 0
         late_epoch: int | None = None
         r_late: float | None = None
+        objective: Literal["code", "paper"] = "code"
 
         def __post_init__(self) -> None:
             check_options("faal", self, [
@@ -216,7 +243,10 @@ class FAAL(fairdefense.FairnessPlugin):
         r = self.radius(batch.epoch)
         if r is None:
             return None
-        a = batch.all_reduce_sum(class_margin_sums(outputs.logits_adv, batch.y, batch.num_classes))  # global batch
+        # global batch: every process solves the same weight problem
+        a = class_objective(
+            outputs.logits_adv, batch.y, batch.num_classes, self.options.objective, batch.all_reduce_sum
+        )
         p = solve_dro_weights(a, r)
         w = batch.num_classes * p[batch.y]
         return fairdefense.LossWeights(natural=w, robust=w)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from fairdefense import ClassReport, ClassStats, evaluate
+from fairdefense import ClassReport, ClassStats, evaluate, pgd
 from fairdefense.metrics import WORST_CASE, per_class_accuracy, summarize
 
 
@@ -53,9 +53,28 @@ def test_evaluate_worst_case_row_and_boundary_error():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
     x, y = torch.rand(30, 1, 2, 2), torch.randint(0, 3, (30,))
-    report = evaluate(model, [(x[:16], y[:16]), (x[16:], y[16:])], ["a", "b", "c"], ["pgd5", "cw5"], eps=0.2)
+    batches = [(x[:16], y[:16]), (x[16:], y[16:])]
+    report = evaluate(model, batches, ["a", "b", "c"], ["pgd5", "cw5"], eps=0.2)
+    # the same attacks by hand: evaluate draws the random starts from one generator seeded 0,
+    # batch by batch, attack by attack
+    generator = torch.Generator().manual_seed(0)
+    clean_hits, adv_hits, counts = [0] * 3, {"pgd5": [0] * 3, "cw5": [0] * 3}, [0] * 3
+    for xb, yb in batches:
+        clean_ok = (model(xb).argmax(1) == yb).tolist()
+        adv_ok = {}
+        for attack, loss in (("pgd5", "ce"), ("cw5", "cw")):
+            x_adv = pgd(model, xb, yb, 0.2, 0.05, 5, loss=loss, generator=generator)
+            adv_ok[attack] = (model(x_adv).argmax(1) == yb).tolist()
+        for i, label in enumerate(yb.tolist()):
+            counts[label] += 1
+            clean_hits[label] += clean_ok[i]
+            for attack in adv_ok:
+                adv_hits[attack][label] += adv_ok[attack][i]
     for attack in ("pgd5", "cw5"):
         assert (report.robust_acc[WORST_CASE] <= report.robust_acc[attack] + 1e-12).all()
+        boundary = [(clean_hits[c] - adv_hits[attack][c]) / counts[c] for c in range(3)]
+        torch.testing.assert_close(report.boundary_error(attack), torch.tensor(boundary, dtype=torch.float64))
+    assert report.counts.tolist() == counts
     assert report.counts.sum() == 30
     # confusion rows hold each class's samples; the diagonal is the robust count; it survives to_dict/from_dict
     for attack in ("pgd5", "cw5"):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 
 import pytest
@@ -92,13 +93,9 @@ def test_ccr_weights_reproduce_the_calibrated_trades_loss():
     cfa.on_epoch_end(train_stats=trained_stats())
     host = fairdefense.PluginHost([cfa])
     objective = fairdefense.TRADES(BETA)
-    terms = objective.terms(model, x, y, x_adv)
-    outputs = fairdefense.BatchOutputs(
-        x_natural=x, x_adv=x_adv, logits_clean=terms.logits_clean, logits_natural=terms.logits_natural,
-        logits_adv=terms.logits_adv, natural=terms.natural, robust=terms.robust, eps=torch.full((6,), EPS),
-    )
+    outputs = dataclasses.replace(objective.terms(model, x, y, x_adv), eps=torch.full((6,), EPS))
     w_nat, w_rob = host.reweight(batch_info(12, y, model), outputs)
-    loss = objective.reduce(terms, w_nat, w_rob)
+    loss = objective.reduce(outputs, w_nat, w_rob)
 
     beta_y = (torch.tensor([0.75, 1.5, 0.8]) * BETA)[y]
     p, q = F.softmax(model(x), dim=1), F.softmax(model(x_adv), dim=1)
@@ -211,10 +208,12 @@ class Spy(fairdefense.FairnessPlugin):
     def __init__(self) -> None:
         super().__init__()
         self.radii: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+        self.correct: list[tuple[int, torch.Tensor, torch.Tensor]] = []
         self.states: list[dict[str, torch.Tensor]] = []
 
     def reweight(self, batch, outputs):
         self.radii.append((batch.epoch, batch.y.clone(), outputs.eps.clone()))
+        self.correct.append((batch.epoch, batch.y.clone(), outputs.logits_adv.argmax(1) == batch.y))
 
     def on_epoch_end(self, epoch):
         self.states.append(copy.deepcopy(epoch.model.state_dict()))
@@ -237,8 +236,15 @@ def test_trains_from_cli_and_python_calibrates_and_resumes_exactly(tmp_path):
     c = straight.config
     assert (c.objective, c.val_steps, c.val_size) == ("trades", 10, 0.1)  # the digits' own split
     assert "pgd10" in straight.history[0]["val"]["robust_acc"]
-    # CCM: epoch 0 at the base radius, epoch 1 at (0.5 + t_k) * eps with t_k from epoch 0's training logits
-    t = torch.tensor(straight.history[0]["train"]["robust_acc"])
+    # CCM: epoch 0 at the base radius, epoch 1 at (0.5 + t_k) * eps, t_k counted here from the
+    # adversarial logits of epoch 0's batches
+    hits, counts = [0] * 10, [0] * 10
+    for epoch, y, correct in spy.correct:
+        for label, ok in zip(y.tolist(), correct.tolist()):
+            if epoch == 0:
+                counts[label] += 1
+                hits[label] += ok
+    t = torch.tensor([h / n for h, n in zip(hits, counts)])
     for epoch, y, eps in spy.radii:
         expected = torch.full_like(eps, EPS) if epoch == 0 else ((0.5 + t) * EPS).float()[y]
         torch.testing.assert_close(eps, expected)

@@ -11,7 +11,7 @@ from scipy.optimize import brentq
 
 import fairdefense
 from fairdefense.cli import main as cli_main
-from fairdefense_plugins.faal import FAAL, class_margin_sums, solve_dro_weights
+from fairdefense_plugins.faal import FAAL, class_margin_sums, class_objective, solve_dro_weights
 
 FAST = dict(epochs=1, attack_steps=2, progress=False, eval_attacks=("pgd2",), device="cpu")
 
@@ -143,8 +143,7 @@ def test_reweight_hook_against_hand_computation():
     assert torch.allclose(weights.robust, torch.tensor(expected), atol=1e-5)
     assert torch.equal(weights.natural, weights.robust)
     # the trainer's reduction gives the paper's (C / B) sum_i p_{y_i} (CE_i + beta KL_i)
-    terms = fairdefense.objectives.Terms(logits_adv, logits_adv, logits_adv, natural, robust)
-    loss = objective.reduce(terms, weights.natural, weights.robust)
+    loss = objective.reduce(outputs, weights.natural, weights.robust)
     by_hand = sum(w / 3 * (n + 6.0 * k) for w, n, k in zip(expected, natural.tolist(), robust.tolist())) * 3 / 5
     assert float(loss) == pytest.approx(by_hand, rel=1e-5)
 
@@ -155,6 +154,25 @@ def test_class_margin_sums_by_hand():
     assert torch.allclose(a, torch.tensor([(0.2 - 0.7) + (0.4 - 0.3), 0.0, 0.5 - 0.4]), atol=1e-6)
     half = class_margin_sums(logits.bfloat16(), torch.tensor([0, 2, 0]), 3)  # mixed precision: sums in float32
     assert half.dtype == torch.float32 and torch.allclose(half, a, atol=2e-2)
+
+
+def test_paper_objective_uses_class_means_and_minus_one_for_absent_classes():
+    logits = torch.log(torch.tensor([[0.7, 0.2, 0.1, 0.0], [0.1, 0.5, 0.4, 0.0], [0.3, 0.3, 0.4, 0.0]]) + 1e-30)
+    y = torch.tensor([0, 2, 0])
+    means = torch.tensor([((0.2 - 0.7) + (0.4 - 0.3)) / 2, -1.0, 0.5 - 0.4, -1.0])
+    torch.testing.assert_close(class_objective(logits, y, 4, "paper"), means, atol=1e-6, rtol=0)
+    sums = torch.tensor([(0.2 - 0.7) + (0.4 - 0.3), 0.0, 0.5 - 0.4, 0.0])
+    torch.testing.assert_close(class_objective(logits, y, 4, "code"), sums, atol=1e-6, rtol=0)
+    batch = make_batch(y, 4, fairdefense.PGDAT())
+    outputs = fairdefense.BatchOutputs(
+        x_natural=torch.zeros(3, 2), x_adv=torch.zeros(3, 2), logits_clean=None, logits_natural=None,
+        logits_adv=logits, natural=None, robust=torch.ones(3), eps=torch.full((3,), 0.1),
+    )
+    for form, a in (("paper", means), ("code", sums)):
+        w = FAAL(r=0.5, objective=form).reweight(batch, outputs).robust
+        torch.testing.assert_close(w, 4 * solve_dro_weights(a, 0.5)[y], atol=1e-5, rtol=0)
+    assert not torch.allclose(FAAL(objective="paper").reweight(batch, outputs).robust,
+                              FAAL().reweight(batch, outputs).robust, atol=1e-3)
 
 
 def test_schedule_and_begin():

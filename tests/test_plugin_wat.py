@@ -1,5 +1,6 @@
 """WAT plugin: Hedge weights from cumulative validation TRADES costs, the C+1 entry, state, end to end."""
 import io
+import json
 import math
 
 import pytest
@@ -8,7 +9,6 @@ import torch
 import fairdefense
 from fairdefense.checkpoint import load_checkpoint
 from fairdefense.cli import main as cli_main
-from fairdefense.objectives import Terms
 from fairdefense_plugins.wat import WAT
 
 C = 3
@@ -48,11 +48,12 @@ def batch_info(y):
     )
 
 
-def outputs(n):
+def outputs(n, natural=None, robust=None):
     z = torch.zeros(n, C)
     return fairdefense.BatchOutputs(
         x_natural=torch.zeros(n, 1, 2, 2), x_adv=torch.zeros(n, 1, 2, 2), logits_clean=z, logits_natural=z,
-        logits_adv=z, natural=torch.ones(n), robust=torch.ones(n), eps=torch.full((n,), 0.2),
+        logits_adv=z, natural=torch.ones(n) if natural is None else natural,
+        robust=torch.ones(n) if robust is None else robust, eps=torch.full((n,), 0.2),
     )
 
 
@@ -100,8 +101,7 @@ def test_weighted_trades_loss_is_the_codes_loss():
     natural = torch.tensor([1.0, 2.0, 3.0, 5.0, 0.5])
     kl = torch.tensor([0.1, 0.4, 0.2, 0.3, 0.9])
     weights = plugin.reweight(batch=batch_info(y.tolist()), outputs=outputs(5))
-    z = torch.zeros(5, C)
-    loss = fairdefense.TRADES(6.0).reduce(Terms(z, z, z, natural, kl), weights.natural, weights.robust)
+    loss = fairdefense.TRADES(6.0).reduce(outputs(5, natural, kl), weights.natural, weights.robust)
     w = torch.tensor(hedge([1.6, 3.2, 0.8, 1.6]))
     # the code: (sum w_y CE + beta sum w_y KL) / B + w_C * TRADES_loss
     expected = (w[y] * natural).sum() / 5 + 6 * (w[y] * kl).sum() / 5 + w[3] * (natural.mean() + 6 * kl.mean())
@@ -160,5 +160,10 @@ def test_trains_one_epoch_from_the_cli(tmp_path):
     ])
     assert rc == 0
     state = load_checkpoint(tmp_path / "last.pt")["plugins"]["wat"]
-    assert state["weights"].shape == (11,)
-    torch.testing.assert_close(state["weights"], 10 * torch.softmax(0.2 * state["cumulative"], 0))
+    # by hand from the validation report the epoch logged: cost_c = CE_c + 6 KL_c, the pooled
+    # average as entry C, weights 10 * exp(0.2 S_k) / sum_j exp(0.2 S_j)
+    val = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])["val"]
+    cost = [ce + 6.0 * kl for ce, kl in zip(val["losses"]["clean_ce"], val["losses"]["kl"])]
+    cost.append(sum(n * c for n, c in zip(val["counts"], cost)) / sum(val["counts"]))
+    e = [math.exp(0.2 * c) for c in cost]
+    torch.testing.assert_close(state["weights"], torch.tensor([10 * v / sum(e) for v in e], dtype=torch.float64))

@@ -77,7 +77,7 @@ def test_a_logger_sees_each_epoch_then_closes_then_the_report_files(tmp_path, mo
     Recording.calls = []
     log_report_files(run, result.config, write_run_report(run))
     assert Recording.calls == [("open", "run", ("recording",)),
-                               ("files", ["classwise.png", "curves.png", "metrics.json", "report.md"]), ("close",)]
+                               ("files", ["classwise.png", "confusion.png", "curves.png", "metrics.json", "report.md"]), ("close",)]
     # without a run folder (nothing written, as for metrics.jsonl) no logger is called
     Recording.calls = []
     fairdefense.train(loggers=["recording"], progress=False, **{**SMALL, "epochs": 1})
@@ -134,7 +134,8 @@ def test_mlflow_file_store_holds_params_metrics_and_artifacts_and_resume_continu
         assert sorted((m.step, m.value) for m in metric) == [
             (line["epoch"], pytest.approx(line["test"]["robust_acc"]["pgd2"][c])) for line in lines]
     artifacts = {a.path for a in client.list_artifacts(mlrun.info.run_id, "report")}
-    assert artifacts == {"report/metrics.json", "report/report.md", "report/classwise.png", "report/curves.png"}
+    assert artifacts == {"report/metrics.json", "report/report.md", "report/classwise.png", "report/curves.png",
+                         "report/confusion.png"}
     assert (run / "tensorboard").is_dir()  # both loggers at once
     # resuming continues the same MLflow run
     assert main(["train", "--resume", str(run / "last.pt"), "--epochs", "3", "--no-progress"]) == 0

@@ -96,7 +96,7 @@ def test_evaluate_a_zoo_model_writes_a_runs_reports(cache, cifar, tmp_path, caps
     argv = ["evaluate", f"robustbench:{NAME}", "--model-dir", str(cache), "--data-dir", str(data), "--attacks",
             "clean,pgd2", "--out", str(out), "--no-progress", "--device", "cpu"]
     assert main(argv) == 0
-    assert {p.name for p in out.iterdir()} == {"metrics.json", "report.md", "classwise.png"}
+    assert {p.name for p in out.iterdir()} == {"metrics.json", "report.md", "classwise.png", "confusion.png"}
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["run"]["strategy"] == f"robustbench:{NAME}" and metrics["run"]["model"] == MODEL
     assert metrics["settings"]["eps"] == pytest.approx(8 / 255) and metrics["data"]["n_samples"] == 4

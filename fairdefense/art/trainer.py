@@ -85,9 +85,10 @@ class FairAdversarialTrainer(ARTTrainer):
     plugins:
         Installed plugin names and/or :class:`fairdefense.FairnessPlugin` instances, mixed.
     plugin_options:
-        Options of plugins given by name: ``{"faal": {"lr": 0.1}}``.
+        Options of plugins given by name: ``{"faal": {"r": 0.25}}``.
     objective, beta:
-        ``"at"`` (PGD-AT, Madry et al.) or ``"trades"`` and TRADES's ``beta``.
+        ``"at"`` (PGD-AT, Madry et al.), ``"trades"``, ``"mart"``, ``"fat"`` or any installed
+        objective (``fairdefense objectives``), and the ``beta`` of TRADES or MART.
         Unset (``None``): a plugin may choose, else ``"at"`` and ``6.0``.
     eps, eps_step, max_iter, norm, num_random_init:
         The training attack, as in ART: radius and step in input units, number of

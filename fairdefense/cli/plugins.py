@@ -18,9 +18,9 @@ import inspect
 import re
 import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Sequence
 
-__all__ = ["add_parser", "run", "OptionInfo", "plugin_options"]
+__all__ = ["add_parser", "run", "print_listing", "OptionInfo", "plugin_options"]
 
 #: ````a``/``b``: text`` at the start of a docstring line: the options the text describes.
 _DOC_ENTRY = re.compile(r"^\s*((?:``\w+``\s*(?:/|,|and)?\s*)+):\s*(.*)$")
@@ -95,33 +95,42 @@ def add_parser(sub) -> None:
                          "(case-insensitive), or matching it if it has * ? [...]")
 
 
-def run(args: argparse.Namespace) -> int:
-    from importlib.metadata import entry_points
-
-    from fairdefense.manager import ENTRY_POINT_GROUP, list_plugins
-
-    infos = list_plugins(args.filter)
+def print_listing(infos: Sequence, what: str, filter: str | None, detail: Callable[[object], str]) -> None:
+    """Print entry-point listings: name, version, distribution, description and ``detail(info)``
+    (or the error that loading raised)."""
     if not infos:
-        print("no plugins installed" + (f" matching {args.filter!r}" if args.filter else ""))
+        print(f"no {what} installed" + (f" matching {filter!r}" if filter else ""))
     for info in infos:
         print(f"{info.name}  {info.version}  ({info.distribution})")
         if info.error:
             print(f"    failed to load: {info.error}")
             continue
         print(f"    {info.description}")
-        print(f"    hooks: {', '.join(info.hooks)}")
-        if info.name == args.filter:
+        print(f"    {detail(info)}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from importlib.metadata import entry_points
+
+    from fairdefense.manager import ENTRY_POINT_GROUP, list_plugins
+
+    def detail(info) -> str:
+        text = f"hooks: {', '.join(info.hooks)}"
+        if info.name == args.filter:  # an exact name: its options too
             (ep,) = entry_points(group=ENTRY_POINT_GROUP, name=info.name)
-            _print_options(info.name, plugin_options(ep.load()))
+            text += "\n" + _options_text(info.name, plugin_options(ep.load()))
+        return text
+
+    print_listing(list_plugins(args.filter), "plugins", args.filter, detail)
     return 0
 
 
-def _print_options(name: str, options: list[OptionInfo]) -> None:
+def _options_text(name: str, options: list[OptionInfo]) -> str:
     if not options:
-        print("    options: none")
-        return
-    print(f"    options (-o {name}.OPTION=VALUE):")
+        return "    options: none"
+    lines = [f"    options (-o {name}.OPTION=VALUE):"]
     width = max(len(f"{o.name}: {o.type} = {o.default!r}") for o in options)
     for o in options:
         head = f"{o.name}: {o.type} = {o.default!r}"
-        print(f"      {head:<{width}}  {o.help}".rstrip())
+        lines.append(f"      {head:<{width}}  {o.help}".rstrip())
+    return "\n".join(lines)

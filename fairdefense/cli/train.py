@@ -29,7 +29,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("train", help=HELP, description="Adversarial training; with no --plugin it is the PGD-AT / TRADES baseline.")
     p.add_argument("--plugin", action="append", default=[], metavar="NAME", help="activate a plugin (repeatable)")
     p.add_argument("-o", "--option", action="append", default=[], metavar="PLUGIN.KEY=VALUE", help="plugin option (repeatable)")
-    p.add_argument("--objective", choices=["at", "trades"], help="base objective (default: at, or what the plugin needs)")
+    p.add_argument("--objective", metavar="NAME",
+                   help="base objective: at, trades, mart, fat or an installed one (see 'fairdefense objectives'; "
+                        "default: at, or what the plugin needs)")
     p.add_argument("--recipe", metavar="NAME", help="start from a named recipe (see 'fairdefense recipes'); flags override it")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config as TOML and exit without training")
     p.add_argument("--json", action="store_true", help="with --dry-run: JSON instead of TOML")
@@ -51,7 +53,11 @@ def add_parser(sub) -> None:
     p.add_argument("--norm", choices=["linf", "l2"])
     p.add_argument("--random-start", choices=["uniform", "normal", "none"],
                    help="attack start (default: uniform for at, x + 0.001 N(0, I) for trades)")
-    p.add_argument("--beta", type=float, help="TRADES beta (default 6)")
+    p.add_argument("--early-stop-extra-steps", type=int, metavar="TAU",
+                   help="FAT's tau: steps a sample takes after it is first misclassified (fat objective, bat; default 1)")
+    p.add_argument("--attack-mode", choices=["eval", "train"],
+                   help="model mode during the training attack (default eval; train lets BatchNorm update, as CFA's AT code)")
+    p.add_argument("--beta", type=float, help="TRADES and MART beta (default 6)")
     p.add_argument("--val-size", type=float, help="validation samples per class (count >= 1 or fraction < 1)")
     p.add_argument("--select-best", action="store_true", default=None,
                    help="also keep best.pt, the epoch with the highest average + worst-class validation robust accuracy")
@@ -89,7 +95,8 @@ def _given(args: argparse.Namespace) -> dict:
         "objective": args.objective, "beta": args.beta, "epochs": args.epochs, "batch_size": args.batch_size,
         "lr": args.lr, "schedule": args.schedule, "nesterov": args.nesterov, "eps": args.eps,
         "eps_step": args.eps_step, "attack_steps": args.attack_steps,
-        "norm": args.norm, "random_start": args.random_start, "val_size": args.val_size,
+        "norm": args.norm, "random_start": args.random_start, "attack_mode": args.attack_mode,
+        "early_stop_extra_steps": args.early_stop_extra_steps, "val_size": args.val_size,
         "select_best": args.select_best, "amp": args.amp, "channels_last": args.channels_last, "compile": args.compile, "workers": args.workers, "seed": args.seed,
         "log_every": args.log_every, "sync_bn": args.sync_bn,
         "device": args.device, "init": args.init, "model_dir": args.model_dir, "out": args.out,
