@@ -146,6 +146,15 @@ CONFIGS: tuple[Config, ...] = (
     Config("faal-awp-ft", ("--plugin", "faal", "--plugin", "awp", "--lr", "0.01"),
            "FAAL-AWP as the paper fine-tunes it: faal-ft plus AWP (gamma 0.005, proxy lr 0.1).",
            init_from="at", ft_epochs=2),
+    Config("mart", ("--objective", "mart"),
+           "MART (Wang et al., ICLR 2020), beta 6: boosted CE on the CE-PGD example (start x + 0.001 N(0, I)) + "
+           "beta KL(f(x) || f(x')) (1 - f(x)_y), as yisenwang/MART's mart_loss."),
+    Config("fat", ("--objective", "fat"),
+           "FAT (Zhang et al., ICML 2020): PGD-AT on early-stopped PGD (tau 1, uniform start)."),
+    Config("faal-mart", ("--plugin", "faal", "--objective", "mart") + _FAAL_SCRATCH,
+           "FAAL with MART from scratch (the FAAL paper's FAAL-MART rows), same schedule as faal-at."),
+    Config("fat-cfa", ("--plugin", "cfa", "--objective", "fat", "-o", "cfa.ccr=false"),
+           "FAT + CFA (CCM + FAWA; the CFA paper's FAT+CFA rows), tau 1, the code's CFA options."),
     Config("dafa-trades", ("--plugin", "dafa", "--objective", "trades", "-o", "dafa.tau={warmup}"),
            "DAFA with TRADES (beta 6): uniform weights for the warm-up (the code warms up 70 epochs, 70% of its "
            "high-lr phase; here 70% of the epochs before the first lr decay: 10 of 30), then fixed class weights "
