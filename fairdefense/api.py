@@ -75,7 +75,7 @@ def train(
 
 
 #: Settings a resumed run may change; every other setting is part of the run being continued.
-RESUMABLE = ("epochs", "workers", "device", "log_every", "eval_every", "eval_attacks", "data_dir")
+RESUMABLE = ("epochs", "workers", "threads", "device", "log_every", "eval_every", "eval_attacks", "data_dir")
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -54,6 +54,7 @@ class TrainConfig:
     channels_last: bool | None = None
     compile: bool | None = None
     workers: int | None = None
+    threads: int | None = None  # torch CPU threads (None: leave torch's setting)
     log_every: int | None = None
     sync_bn: bool | None = None
     init: str | None = None

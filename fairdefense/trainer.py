@@ -36,12 +36,14 @@ from fairdefense.config import TrainConfig, resolve, select_device
 from fairdefense.context import BatchInfo, BatchOutputs, EpochInfo, Margins, RunInfo
 from fairdefense.errors import ConfigError, NonFiniteLossError
 from fairdefense.evaluation import evaluate
+from fairdefense.inputs import check_dataset_inputs
 from fairdefense.manager import PluginHost
 from fairdefense.metrics import ClassReport, ClassStats, summarize
 from fairdefense.objectives import Terms, make_objective
 from fairdefense.splits import per_class_split
 from fairdefense.run_folder import RunFolder, is_training_state, load_training_state
 from fairdefense.sharding import ShardedLoader
+from fairdefense.threads import set_threads
 
 __all__ = ["Trainer", "TrainResult", "StepOutput", "load_weights", "resolve_run"]
 
@@ -207,9 +209,12 @@ class Trainer:
         self.config, self.host, self.run = resolve_run(
             config or TrainConfig(), self.class_names, dataset_defaults or {}, clip, plugins
         )
+        if self.config.threads is not None:
+            set_threads(self.config.threads)
         device = self.run.device
         self.device = device
         self.clip = clip
+        check_dataset_inputs(train_data, clip)
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         if self.config.sync_bn and self.world_size > 1:  # one process: BatchNorm already sees the global batch
             if device.type == "cpu":
@@ -295,7 +300,7 @@ class Trainer:
         was = self.model.training
         self.model.eval()
         with torch.no_grad():
-            out = self.model(torch.as_tensor(x).unsqueeze(0).to(self.device))
+            out = self.model(torch.as_tensor(x).unsqueeze(0).to(self.device, torch.float32))
         self.model.train(was)
         if out.dim() != 2 or out.shape[1] != num_classes:
             raise ConfigError(
@@ -475,7 +480,8 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         steps_sum, n_batches, n_samples = 0, 0, 0
         for index, (x, y, window) in enumerate(loader):
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True).long()
+            x = x.to(self.device, dtype=torch.float32, non_blocking=True)
+            y = y.to(self.device, non_blocking=True).long()
             if c.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             out = self.step(epoch, index, x, y, window)

@@ -81,7 +81,7 @@ def _given(args: argparse.Namespace) -> dict:
         "lr": args.lr, "schedule": args.schedule, "nesterov": args.nesterov, "eps": args.eps,
         "eps_step": args.eps_step, "attack_steps": args.attack_steps,
         "norm": args.norm, "random_start": args.random_start, "val_size": args.val_size, "select_best": args.select_best, "amp": args.amp,
-        "channels_last": args.channels_last, "compile": args.compile, "workers": args.workers, "seed": args.seed,
+        "channels_last": args.channels_last, "compile": args.compile, "workers": args.workers, "threads": args.threads, "seed": args.seed,
         "log_every": args.log_every, "sync_bn": args.sync_bn,
         "device": args.device, "init": args.init, "out": args.out,
         "plugins": tuple(args.plugin) or None, "plugin_options": parse_plugin_options(args.option) or None,
