@@ -278,6 +278,10 @@ class PluginHost:
         """Whether any active plugin implements ``hook``."""
         return bool(self._impls(hook))
 
+    def implementers(self, hook: str) -> list[str]:
+        """Names of the active plugins implementing ``hook``, in call order."""
+        return [impl.plugin_name for impl in self._impls(hook)]
+
     def _each(self, hook: str, **kwargs: Any) -> Iterable[tuple[str, Any]]:
         for impl in self._impls(hook):
             args = {k: kwargs[k] for k in impl.argnames}

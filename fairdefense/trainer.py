@@ -45,7 +45,13 @@ from fairdefense.run_folder import RunFolder, is_training_state, load_training_s
 from fairdefense.sharding import ShardedLoader
 from fairdefense.threads import set_threads
 
-__all__ = ["Trainer", "TrainResult", "StepOutput", "load_weights", "resolve_run"]
+__all__ = ["Trainer", "TrainResult", "StepOutput", "FAULTS", "load_weights", "resolve_run"]
+
+#: Where a training step may first go non-finite (:attr:`StepOutput.fault` indexes it):
+#: nowhere, the objective's loss, the loss weighted by ``reweight`` hooks, the loss plus
+#: ``extra_loss`` hooks, the weights after the optimizer step (finite loss, overflowing
+#: gradients or update).
+FAULTS = ("", "objective", "reweight", "extra_loss", "weights")
 
 
 @dataclass
@@ -72,13 +78,16 @@ class StepOutput:
     """What one training step returns, all tensors on the device (nothing read on the host).
 
     ``loss``: this process's share of the global-batch loss (the sum over processes is
-    the loss of the global batch; detached). ``finite``: whether it is finite (0-d
-    bool). ``logits_adv``/``logits_clean``: detached logits for the per-class counts.
+    the loss of the global batch; detached). ``finite``: whether the loss and the
+    updated weights are finite (0-d bool). ``fault``: where the step first went
+    non-finite, an index into :data:`FAULTS` (0-d int64, 0: nowhere).
+    ``logits_adv``/``logits_clean``: detached logits for the per-class counts.
     ``attack_steps``: steps the attack ran on this process's inputs.
     """
 
     loss: Tensor
     finite: Tensor
+    fault: Tensor
     logits_adv: Tensor
     logits_clean: Tensor | None
     attack_steps: int
@@ -407,9 +416,13 @@ class Trainer:
             terms, outputs = self._outputs(x, y, x_adv, x_natural, eps, record)
             w_natural, w_robust = self.host.reweight(info, outputs)
             loss = self.objective.reduce(terms, w_natural, w_robust)
+            stages = [(FAULTS.index("reweight"), loss)]
+            if w_natural is not None or w_robust is not None:
+                stages.insert(0, (FAULTS.index("objective"), self.objective.reduce(terms).detach()))
             extra = self.host.extra_loss(info, outputs)
             if extra is not None:
                 loss = loss + extra
+                stages.append((FAULTS.index("extra_loss"), loss))
         share = len(y) / total
         self.optimizer.zero_grad(set_to_none=True)
         # an empty share (a final global batch smaller than the number of processes) has a NaN
@@ -420,8 +433,20 @@ class Trainer:
         self._shift(perturbation, -1.0)
         part = (loss.detach().float() * share) if len(y) else loss.new_zeros((), dtype=torch.float32)
         self.global_step += 1
+        fault = self._fault(stages if len(y) else [])
         clean = None if terms.logits_clean is None else terms.logits_clean.detach()
-        return StepOutput(part, torch.isfinite(part), terms.logits_adv.detach(), clean, steps)
+        return StepOutput(part, fault == 0, fault, terms.logits_adv.detach(), clean, steps)
+
+    def _fault(self, stages: Sequence[tuple[int, Tensor]]) -> Tensor:
+        """The :data:`FAULTS` index of the first non-finite stage of the loss (``stages`` in
+        the order they were computed), else of the updated weights, else 0; on the device.
+        The weights are checked through their total norm: one fused pass, no host read."""
+        params = [p.detach() for p in self.model.parameters()]
+        norm = torch.nn.utils.get_total_norm(params, error_if_nonfinite=False)
+        fault = torch.where(torch.isfinite(norm), 0, FAULTS.index("weights")).to(self.device)
+        for code, value in reversed(stages):  # an earlier non-finite stage takes the blame
+            fault = torch.where(torch.isfinite(value.detach()), fault, code)
+        return fault
 
     # -------------------------------------------------------------- one epoch
     def _epoch_info(self, epoch: int) -> EpochInfo:
@@ -455,16 +480,28 @@ class Trainer:
                 torch.distributed.broadcast(buffer, 0)
 
     def _check_finite(self, epoch: int, first_bad: Tensor, sentinel: int) -> None:
-        """Raise the same :class:`NonFiniteLossError` on every process if any saw a non-finite loss."""
-        index = int(distributed.all_reduce_min(first_bad).item())
-        if index != sentinel:
-            where = f" in {self.run_dir}" if self.run_dir else ""
-            raise NonFiniteLossError(
-                f"the loss became non-finite at epoch {epoch + 1}, batch {index + 1}; training stopped. "
-                f"The last good checkpoint is kept{where}. "
-                f"Lower the learning rate or check the plugins' weights and extra losses.",
-                epoch=epoch + 1, batch=index + 1,
-            )
+        """Raise the same :class:`NonFiniteLossError` on every process if any step went
+        non-finite; ``first_bad`` is ``batch * len(FAULTS) + fault`` of the first one."""
+        code = int(distributed.all_reduce_min(first_bad).item())
+        if code == sentinel:
+            return
+        index, fault = divmod(code, len(FAULTS))
+        where = f"epoch {epoch + 1}, batch {index + 1}"
+        kept = f"The last good checkpoint is kept{f' in {self.run_dir}' if self.run_dir else ''}"
+        hook = FAULTS[fault]
+        if hook in ("reweight", "extra_loss"):
+            names = ", ".join(f"'{n}'" for n in self.host.implementers(hook))
+            message = (f"the loss became non-finite at {where} through plugin {names}, hook '{hook}' (the loss "
+                       f"before it was finite); training stopped. {kept}. Check that plugin's "
+                       f"{'weights' if hook == 'reweight' else 'extra loss'} and options.")
+        elif hook == "weights":
+            message = (f"the weights became non-finite at {where} although the loss was finite: the gradients or "
+                       f"the update overflowed; training stopped before any checkpoint took them. {kept}. "
+                       f"Lower the learning rate, or use --amp fp16 (its gradient scaler skips such steps).")
+        else:
+            message = (f"the loss became non-finite at {where}; training stopped. {kept}. "
+                       f"Lower the learning rate or check the plugins' weights and extra losses.")
+        raise NonFiniteLossError(message, epoch=epoch + 1, batch=index + 1)
 
     def _run_epoch(self, epoch: int) -> dict[str, Any]:
         c = self.config
@@ -487,7 +524,7 @@ class Trainer:
             out = self.step(epoch, index, x, y, window)
             stats.update(y, out.logits_adv, out.logits_clean)
             loss_sum += out.loss
-            here = torch.tensor(index, device=self.device)
+            here = out.fault + index * len(FAULTS)
             first_bad = torch.where(out.finite, first_bad, torch.minimum(first_bad, here))
             steps_sum += out.attack_steps
             n_batches += 1

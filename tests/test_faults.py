@@ -80,3 +80,75 @@ def test_trainer_threads_setting_is_applied_recorded_and_resumable(tmp_path):
             fairdefense.train(epochs=1, threads=0, progress=False, **FAST)
     finally:
         torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------- numeric faults
+def run_until_fault(tmp_path, plugins, model=None):
+    """Train 2 epochs into ``tmp_path/run``; return the error and the first epoch's weights."""
+    from fairdefense.checkpoint import load_checkpoint
+
+    after_one = {}
+
+    class Snapshot(fairdefense.FairnessPlugin):
+        name = "snapshot"
+
+        def on_epoch_start(self, epoch):
+            if epoch.epoch == 1:
+                after_one.update({k: v.clone() for k, v in epoch.model.state_dict().items()})
+
+    trainer = Trainer(model or mlp(), data(256), ["a", "b"], TrainConfig(epochs=2, out=str(tmp_path / "run"), **FAST),
+                      [*plugins, Snapshot()], progress=False)
+    with pytest.raises(fairdefense.NonFiniteLossError) as info:
+        trainer.fit()
+    saved = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert saved["epoch"] == 1
+    assert after_one and all(torch.equal(saved["model"][k], v) for k, v in after_one.items())
+    assert all(torch.isfinite(v).all() for v in saved["model"].values())
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1]
+    return info.value
+
+
+def test_finite_loss_with_non_finite_gradients_stops_without_checkpointing_them(tmp_path):
+    model = mlp()
+    state = {"poison": False}
+    model[3].weight.register_hook(lambda g: torch.full_like(g, float("nan")) if state["poison"] else g)
+
+    class Poison(fairdefense.FairnessPlugin):
+        name = "poison"
+
+        def on_epoch_start(self, epoch):
+            state["poison"] = epoch.epoch == 1
+
+    error = run_until_fault(tmp_path, [Poison()], model)
+    assert (error.epoch, error.batch) == (2, 1)
+    assert "weights became non-finite at epoch 2, batch 1 although the loss was finite" in str(error)
+    assert "last good checkpoint is kept" in str(error) and "Lower the learning rate" in str(error)
+
+
+def test_plugin_weights_overflowing_the_loss_are_named_with_hook_epoch_and_batch(tmp_path):
+    class Explode(fairdefense.FairnessPlugin):
+        name = "explode"
+
+        def reweight(self, batch, outputs):
+            w = 3e38 if (batch.epoch, batch.index) == (1, 2) else 1.0
+            return fairdefense.LossWeights(robust=torch.full((len(batch.y),), w))
+
+    error = run_until_fault(tmp_path, [Explode()])
+    assert (error.epoch, error.batch) == (2, 3)
+    assert "non-finite at epoch 2, batch 3 through plugin 'explode', hook 'reweight'" in str(error)
+
+
+def test_extra_losses_overflowing_the_loss_are_named_with_hook_epoch_and_batch(tmp_path):
+    def big(name_):
+        class Big(fairdefense.FairnessPlugin):
+            name = name_
+
+            def extra_loss(self, batch, outputs):
+                return torch.tensor(2e38 if batch.epoch == 1 else 0.0)
+
+        return Big()
+
+    error = run_until_fault(tmp_path, [big("big1"), big("big2")])
+    assert (error.epoch, error.batch) == (2, 1)
+    assert "through plugin 'big1', 'big2', hook 'extra_loss'" in str(error)
