@@ -16,6 +16,7 @@ from fairdefense.errors import (
     HookReturnError,
     MissingDependencyError,
     NonFiniteLossError,
+    DiskFullError,
     PluginError,
     PluginNotFoundError,
     PluginOptionError,
@@ -98,5 +99,6 @@ __all__ = [
     "PluginOptionError",
     "HookReturnError",
     "NonFiniteLossError",
+    "DiskFullError",
     "MissingDependencyError",
 ]

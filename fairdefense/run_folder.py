@@ -244,11 +244,13 @@ class RunFolder:
 
         The line is strict JSON (NaN and infinities, e.g. the accuracy of a class absent
         from a split, become ``null``) and the file is rewritten whole, so that every
-        line stays readable whatever happens during the write.
+        line stays readable whatever happens during the write. Lines of this epoch and
+        later ones (written before a failed checkpoint write, then rerun on resume) are
+        replaced.
         """
         if not distributed.is_main():
             return
-        lines = [json.dumps(e, allow_nan=False) for e in self.read_history()]
+        lines = [json.dumps(e, allow_nan=False) for e in self.read_history() if int(e["epoch"]) < int(entry["epoch"])]
         lines.append(json.dumps(_strict(entry), allow_nan=False))
         _write_whole(self.history_file, "\n".join(lines) + "\n")
 

@@ -152,3 +152,63 @@ def test_extra_losses_overflowing_the_loss_are_named_with_hook_epoch_and_batch(t
     error = run_until_fault(tmp_path, [big("big1"), big("big2")])
     assert (error.epoch, error.batch) == (2, 1)
     assert "through plugin 'big1', 'big2', hook 'extra_loss'" in str(error)
+
+
+# ---------------------------------------------------------------- a full disk
+def full_disk_at_epoch_two(fail):
+    """A plugin that calls ``fail`` (filling the disk) when epoch 2 starts for the first time."""
+
+    class FillDisk(fairdefense.FairnessPlugin):
+        name = "fill-disk"
+        filled = False
+
+        def on_epoch_start(self, epoch):
+            if epoch.epoch == 1 and not self.filled:
+                self.filled = True
+                fail()
+
+    return FillDisk()
+
+
+@pytest.mark.parametrize("where", ["history", "checkpoint"])
+def test_a_full_disk_says_so_keeps_the_previous_files_and_the_run_resumes(tmp_path, monkeypatch, where):
+    import errno
+
+    from fairdefense import checkpoint
+    from fairdefense.checkpoint import load_checkpoint
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def torch_writer_fails(*args, **kwargs):  # how torch.save reports it, here with the OSError chained
+        try:
+            no_space()
+        except OSError as exc:
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0") from exc
+
+    def fail():
+        if where == "history":
+            monkeypatch.setattr(checkpoint.os, "fsync", no_space)
+        else:
+            monkeypatch.setattr(checkpoint.torch, "save", torch_writer_fails)
+
+    out = tmp_path / "run"
+    plugin = full_disk_at_epoch_two(fail)
+    config = TrainConfig(epochs=2, out=str(out), **FAST)
+    with pytest.raises(fairdefense.DiskFullError, match=r"cannot write .*the disk holding .*run' is full.*"
+                                                        r"The previous .* is intact.*--resume .*last\.pt"):
+        Trainer(mlp(), data(128), ["a", "b"], config, [plugin], progress=False).fit()
+    assert load_checkpoint(out / "last.pt")["epoch"] == 1
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == (
+        [1] if where == "history" else [1, 2])
+    assert not list(out.glob(".*.tmp")) and not (out / ".lock").exists()
+    monkeypatch.undo()
+
+    trainer = Trainer(mlp(), data(128), ["a", "b"], config, [plugin], progress=False)
+    trainer.restore(out / "last.pt")
+    resumed = trainer.fit()
+    straight = Trainer(mlp(), data(128), ["a", "b"], TrainConfig(epochs=2, out=str(tmp_path / "b"), **FAST), [plugin],
+                       progress=False).fit()  # the plugin has filled the disk once: it does nothing now
+    for a, b in zip(resumed.model.parameters(), straight.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
