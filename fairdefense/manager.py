@@ -16,6 +16,7 @@ give one plugin the answer.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib.metadata as metadata
 import inspect
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from fairdefense.context import BatchInfo, BatchOutputs, EpochInfo, RunInfo
     from fairdefense.metrics import ClassStats
 
-__all__ = ["ENTRY_POINT_GROUP", "PluginInfo", "list_plugins", "PluginHost"]
+__all__ = ["ENTRY_POINT_GROUP", "PluginInfo", "list_plugins", "installed_plugins", "plugin_name", "plugin_options", "PluginHost"]
 
 ENTRY_POINT_GROUP = "fairdefense.plugins"
 
@@ -100,7 +101,19 @@ def list_plugins(filter: str | None = None) -> list[PluginInfo]:
     return infos
 
 
-def _plugin_name(obj: Any) -> str:
+def installed_plugins() -> set[str]:
+    """Names of the plugins installed through the ``fairdefense.plugins`` entry points."""
+    return set(_entry_points())
+
+
+def plugin_options(obj: Any) -> dict[str, Any]:
+    """A plugin object's options as a dict (``{}`` for a plugin without an ``Options`` dataclass)."""
+    options = getattr(obj, "options", None) if isinstance(obj, FairnessPlugin) else None
+    return dataclasses.asdict(options) if dataclasses.is_dataclass(options) and not isinstance(options, type) else {}
+
+
+def plugin_name(obj: Any) -> str:
+    """The name a plugin object is activated and recorded under."""
     if isinstance(obj, FairnessPlugin):
         return obj.plugin_name()
     name = getattr(obj, "name", None)
@@ -171,7 +184,7 @@ class PluginHost:
                 f"e.g. {item.__name__}() (or its installed name as a string)."
             )
         if not isinstance(item, str):
-            name = _plugin_name(item)
+            name = plugin_name(item)
             if name in options:
                 raise PluginOptionError(
                     f"options were given by name for plugin '{name}', which was passed as an object; "
@@ -203,7 +216,7 @@ class PluginHost:
         return target
 
     def _register(self, obj: Any) -> None:
-        name = _plugin_name(obj)
+        name = plugin_name(obj)
         if name in self.plugins:
             raise PluginError(f"plugin '{name}' is activated twice; name each plugin once.")
         if isinstance(obj, FairnessPlugin):
@@ -277,6 +290,10 @@ class PluginHost:
     def implements(self, hook: str) -> bool:
         """Whether any active plugin implements ``hook``."""
         return bool(self._impls(hook))
+
+    def options(self) -> dict[str, dict[str, Any]]:
+        """Every active plugin's options (defaults included), keyed by plugin name."""
+        return {name: plugin_options(obj) for name, obj in self.plugins.items()}
 
     def implementers(self, hook: str) -> list[str]:
         """Names of the active plugins implementing ``hook``, in call order."""

@@ -136,11 +136,14 @@ def resolve_run(
 ) -> tuple[TrainConfig, PluginHost, RunInfo]:
     """Resolve ``config`` as a run does: activate ``config.plugins`` then ``plugins``, let
     their ``configure`` hooks fill unset fields, then ``dataset_defaults``, then the
-    library's defaults. Returns the resolved config, the plugin host and the run info."""
+    library's defaults. The resolved config names every active plugin in ``plugins`` and
+    its options (objects' included, defaults too) in ``plugin_options``. Returns the
+    resolved config, the plugin host and the run info."""
     config = copy.deepcopy(config)
     device = distributed.local_device(select_device(config.device))
     host = PluginHost(list(config.plugins) + list(plugins), config.plugin_options)
     config.plugins = tuple(host.plugins)
+    config.plugin_options = host.options()
     run = RunInfo(len(class_names), [str(c) for c in class_names], config, device)
     required = host.configure(config, run, explicit=config.explicit())
     run.config = resolve(config, dataset_defaults, required, clip)

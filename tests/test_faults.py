@@ -212,3 +212,59 @@ def test_a_full_disk_says_so_keeps_the_previous_files_and_the_run_resumes(tmp_pa
     for a, b in zip(resumed.model.parameters(), straight.model.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+# ---------------------------------------------------------------- plugin objects on resume
+RESUME = dict(FAST, schedule="constant", eval_attacks=("pgd2",))
+
+
+def test_resume_rebuilds_a_plugin_object_with_its_recorded_options(tmp_path):
+    from fairdefense_plugins.ema import EMA
+
+    from fairdefense.checkpoint import load_checkpoint
+    from fairdefense.cli import main
+
+    out, straight = tmp_path / "run", tmp_path / "straight"
+    fairdefense.train(epochs=1, plugins=[EMA(decay=0.5)], out=str(out), progress=False, **RESUME)
+    assert json.loads((out / "config.json").read_text())["plugin_options"]["ema"]["decay"] == 0.5
+    assert main(["train", "--resume", str(out / "last.pt"), "--epochs", "2", "--threads", "1", "--no-progress"]) == 0
+    fairdefense.train(epochs=2, plugins=[EMA(decay=0.5)], out=str(straight), progress=False, **RESUME)
+    resumed, expected = load_checkpoint(out / "last.pt"), load_checkpoint(straight / "last.pt")
+    assert resumed["config"]["plugin_options"]["ema"] == expected["config"]["plugin_options"]["ema"]
+    for key, value in expected["eval_model"].items():  # default decay 0.88 would give other averaged weights
+        torch.testing.assert_close(resumed["eval_model"][key], value, rtol=0, atol=0)
+
+
+class LocalOnly(fairdefense.FairnessPlugin):
+    """A user's own plugin, not installed: it weights class 1's robust loss by ``factor``."""
+
+    name = "local-only"
+
+    @__import__("dataclasses").dataclass
+    class Options:
+        factor: float = 1.0
+
+    def reweight(self, batch, outputs):
+        return fairdefense.LossWeights(robust=1.0 + (self.options.factor - 1.0) * (batch.y == 1).float())
+
+
+def test_a_plugin_object_that_is_not_installed_is_taken_again_by_the_python_api(tmp_path, capsys):
+    from fairdefense.checkpoint import load_checkpoint
+    from fairdefense.cli import main
+
+    out, straight = tmp_path / "run", tmp_path / "straight"
+    fairdefense.train(epochs=1, plugins=[LocalOnly(factor=2.0)], out=str(out), progress=False, **RESUME)
+    before = (out / "metrics.jsonl").read_text()
+    assert main(["train", "--resume", str(out / "last.pt"), "--epochs", "2", "--threads", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "passed as objects and not installed: 'local-only' with options {'factor': 2.0}" in err
+    assert "cannot rebuild them by name" in err and "fairdefense.resume(" in err
+    with pytest.raises(ConfigError, match=r"'local-only' was given with options \{'factor': 3.0\}.*\{'factor': 2.0\}"):
+        fairdefense.resume(out / "last.pt", epochs=2, plugins=[LocalOnly(factor=3.0)], progress=False)
+    assert load_checkpoint(out / "last.pt")["epoch"] == 1 and (out / "metrics.jsonl").read_text() == before
+
+    fairdefense.resume(out / "last.pt", epochs=2, plugins=[LocalOnly(factor=2.0)], progress=False)
+    fairdefense.train(epochs=2, plugins=[LocalOnly(factor=2.0)], out=str(straight), progress=False, **RESUME)
+    resumed, expected = load_checkpoint(out / "last.pt"), load_checkpoint(straight / "last.pt")
+    for key, value in expected["model"].items():
+        torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=0)
