@@ -14,7 +14,7 @@ from fairdefense.errors import ConfigError
 from fairdefense.manager import installed_plugins, plugin_name, plugin_options
 from fairdefense.metrics import ClassReport
 from fairdefense.models import create_model
-from fairdefense.run_folder import load_training_state
+from fairdefense.run_folder import RunFolder, load_training_state
 from fairdefense.trainer import Trainer, TrainResult
 
 __all__ = ["build_trainer", "train", "resume", "evaluate_checkpoint", "default_run_dir", "RESUMABLE"]
@@ -87,7 +87,8 @@ def _same(a: Any, b: Any) -> bool:
 def resume(
     checkpoint: str | Path, *, progress: bool = True, plugins: Sequence[Any] = (), **settings: Any
 ) -> TrainResult:
-    """Continue the run that wrote ``checkpoint`` exactly where it stopped (restore, then train).
+    """Continue the run that wrote ``checkpoint`` (a checkpoint file, or a run folder: its
+    ``last.pt``) exactly where it stopped (restore, then train).
 
     ``settings`` may change the settings in :data:`RESUMABLE` (``epochs`` extends the
     run); they are recorded in ``config.json``. Any other setting given must equal the
@@ -102,6 +103,7 @@ def resume(
     ``plugins`` are a setting like the others (they must be the run's).
     """
     distributed.init_from_env()
+    checkpoint, _ = RunFolder.resolve(checkpoint)  # a run folder resumes from its last.pt
     names = tuple(p for p in plugins if isinstance(p, str))
     if names:  # names are a setting, compared with the run's
         settings["plugins"] = names

@@ -118,6 +118,12 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``; errors say what is wrong with the file."""
     path = Path(path)
+    if path.is_dir():
+        files = sorted(p.name for p in path.glob("*.pt"))
+        raise ConfigError(
+            f"{str(path)!r} is a folder; pass a checkpoint file in it"
+            + (f": {', '.join(str(path / f) for f in files)}." if files else " (it holds no .pt file).")
+        )
     if not path.is_file():
         raise ConfigError(f"checkpoint {str(path)!r} does not exist.")
     try:

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from fairdefense import hookspecs
 from fairdefense.context import LossWeights, Margins, Selection
-from fairdefense.errors import HookReturnError, PluginError, PluginNotFoundError, PluginOptionError
+from fairdefense.errors import FairDefenseError, HookReturnError, PluginError, PluginNotFoundError, PluginOptionError
 from fairdefense.hookspecs import HOOK_NAMES
 from fairdefense.listing import matches
 from fairdefense.plugin import FairnessPlugin
@@ -301,8 +301,7 @@ class PluginHost:
 
     def _each(self, hook: str, **kwargs: Any) -> Iterable[tuple[str, Any]]:
         for impl in self._impls(hook):
-            args = {k: kwargs[k] for k in impl.argnames}
-            yield impl.plugin_name, impl.function(**args)
+            yield impl.plugin_name, _call(impl, hook, {k: kwargs[k] for k in impl.argnames})
 
     def on_epoch_end(self, epoch: "EpochInfo", train_stats: "ClassStats") -> dict[str, dict[str, Any]]:
         """Call every ``on_epoch_end``; return what plugins asked to log, keyed by plugin name."""
@@ -449,7 +448,21 @@ class PluginHost:
     def load_state(self, states: Mapping[str, Any]) -> None:
         for impl in self._impls("load_plugin_state"):
             if impl.plugin_name in states:
-                impl.function(state=states[impl.plugin_name])
+                _call(impl, "load_plugin_state", {"state": states[impl.plugin_name]})
+
+
+def _call(impl: pluggy.HookImpl, hook: str, args: Mapping[str, Any]) -> Any:
+    """``impl(**args)``; an exception that is not fairdefense's becomes a :class:`PluginError`
+    naming the plugin and the hook, the original chained."""
+    try:
+        return impl.function(**args)
+    except FairDefenseError:
+        raise
+    except Exception as exc:
+        raise PluginError(
+            f"plugin '{impl.plugin_name}', hook '{hook}' raised {type(exc).__name__}: {exc} (the original "
+            f"traceback is chained); fix the plugin or its options, or run without it."
+        ) from exc
 
 
 def _rank(impl: pluggy.HookImpl) -> int:

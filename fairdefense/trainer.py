@@ -40,7 +40,7 @@ from fairdefense.inputs import check_dataset_inputs
 from fairdefense.manager import PluginHost
 from fairdefense.metrics import ClassReport, ClassStats, summarize
 from fairdefense.objectives import Terms, make_objective
-from fairdefense.splits import per_class_split
+from fairdefense.splits import validation_split
 from fairdefense.run_folder import RunFolder, is_training_state, load_training_state
 from fairdefense.sharding import ShardedLoader
 from fairdefense.threads import set_threads
@@ -117,14 +117,31 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ConfigError(f"{str(path)!r} holds neither a fairdefense checkpoint nor a state_dict.")
     targets = [model] + ([model.net] if hasattr(model, "net") else [])
-    errors = []
+    problems = []
     for target in targets:
         try:
             target.load_state_dict(state)
             return
-        except RuntimeError as exc:
-            errors.append(str(exc).splitlines()[0])
-    raise ConfigError(f"weights in {str(path)!r} do not fit this model: {errors[0]}")
+        except RuntimeError:
+            problems.append(_mismatch(target.state_dict(), state))
+    raise ConfigError(
+        f"weights in {str(path)!r} do not fit this model (another architecture or number of classes?): "
+        f"{min(problems, key=len)}. Pass weights of the same --model and dataset."
+    )
+
+
+def _mismatch(expected: Mapping[str, Tensor], given: Mapping[str, Tensor], first: int = 4) -> str:
+    """The first few missing and unexpected keys and shape differences between two state_dicts."""
+    def some(keys: list[str]) -> str:
+        return ", ".join(keys[:first]) + (f" and {len(keys) - first} more" if len(keys) > first else "")
+
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    shapes = [f"{k} {tuple(given[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in given and tuple(given[k].shape) != tuple(v.shape)]
+    parts = [f"{label} ({len(keys)}): {some(keys)}" for label, keys in
+             (("missing keys", missing), ("unexpected keys", unexpected), ("shapes differ", shapes)) if keys]
+    return "; ".join(parts)
 
 
 def resolve_run(
@@ -269,7 +286,10 @@ class Trainer:
         if needs_val:
             if not self.config.val_size > 0:
                 raise ConfigError("a validation split is needed (on_validation plugin or select_best): set val_size > 0.")
-            train_idx, val_idx = per_class_split(targets, self.config.val_size, self.config.seed)
+            users = [f"plugin '{n}' (on_validation)" for n in self.host.implementers("on_validation")]
+            purpose = " and ".join(users + (["select_best"] if self.config.select_best else []))
+            train_idx, val_idx = validation_split(targets, self.class_names, self.config.val_size, self.config.seed,
+                                                  purpose)
             self.val_data: Dataset | None = Subset(train_data, val_idx.tolist())
             train_base: Dataset = Subset(train_data, train_idx.tolist())
         else:

@@ -3,6 +3,7 @@ gradients, a full disk, plugins passed as objects on resume, plugins that raise.
 from __future__ import annotations
 
 import json
+import re
 import warnings
 
 import numpy as np
@@ -268,3 +269,67 @@ def test_a_plugin_object_that_is_not_installed_is_taken_again_by_the_python_api(
     resumed, expected = load_checkpoint(out / "last.pt"), load_checkpoint(straight / "last.pt")
     for key, value in expected["model"].items():
         torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- plugins, splits, weights
+def test_a_plugin_hook_that_raises_is_named_with_the_original_chained(tmp_path):
+    class Broken(fairdefense.FairnessPlugin):
+        name = "broken"
+
+        def on_epoch_end(self, epoch, train_stats):
+            return {"ratio": 1 / 0}
+
+    out = tmp_path / "run"
+    trainer = Trainer(mlp(), data(), ["a", "b"], TrainConfig(epochs=1, out=str(out), **FAST), [Broken()],
+                      progress=False)
+    with pytest.raises(fairdefense.PluginError, match=r"plugin 'broken', hook 'on_epoch_end' raised "
+                                                      r"ZeroDivisionError: division by zero") as info:
+        trainer.fit()
+    assert isinstance(info.value.__cause__, ZeroDivisionError)
+    assert not (out / "metrics.jsonl").exists() and fairdefense.checkpoint.load_checkpoint(out / "last.pt")["epoch"] == 0
+
+
+@pytest.mark.parametrize("plugins, select_best, who", [((), True, "select_best"),
+                                                        (("cfa",), False, "plugin 'cfa' \\(on_validation\\)")])
+def test_a_validation_split_without_every_class_says_how_many_are_needed(plugins, select_best, who):
+    two_per_class = TensorDataset(torch.rand(4, 4), torch.tensor([0, 1, 0, 1]))
+    config = TrainConfig(epochs=1, select_best=select_best, val_size=0.1, attack_steps=1, device="cpu")
+    with pytest.raises(ConfigError, match=rf"val_size=0.1 holds out no sample of class\(es\) \['a', 'b'\] \(the "
+                                          rf"smallest has 2 samples\), but {who} needs at least 1 validation sample "
+                                          rf"per class: use val_size=1 or more .* or a fraction of at least 0.25"):
+        Trainer(mlp(), two_per_class, ["a", "b"], config, plugins, progress=False)
+
+
+def test_frl_with_a_class_without_training_samples_says_so_not_to_raise_val_size():
+    model = nn.Sequential(nn.Linear(4, 3))
+    with pytest.raises(ConfigError, match=r"class\(es\) \['c'\] have no training samples, but plugin 'frl' "
+                                          r"\(on_validation\) scores every class.*at least 2 samples.*drop them from "
+                                          r"class_names") as info:
+        Trainer(model, data(8), ["a", "b", "c"], TrainConfig(epochs=1, val_size=1, device="cpu"), ["frl"],
+                progress=False)
+    assert "raise val_size" not in str(info.value)
+
+
+def test_init_with_another_architecture_lists_the_first_keys(tmp_path):
+    from fairdefense.trainer import load_weights
+
+    other = nn.Sequential(nn.Flatten(), nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2),
+                          nn.Linear(2, 2), nn.Linear(2, 2), nn.Linear(2, 2), nn.Linear(2, 2))
+    torch.save(other.state_dict(), tmp_path / "w.pt")
+    with pytest.raises(ConfigError, match=r"do not fit this model .*: unexpected keys \(10\): 5\.weight, 5\.bias, "
+                                          r"6\.weight, 6\.bias and 6 more; shapes differ \(2\): 3\.weight \(8, 8\) vs "
+                                          r"\(2, 8\), 3\.bias \(8,\) vs \(2,\)\. Pass weights of the same --model"):
+        load_weights(mlp(), tmp_path / "w.pt")
+
+
+def test_init_and_resume_given_a_folder(tmp_path, capsys):
+    from fairdefense.cli import main
+
+    out = tmp_path / "run"
+    fairdefense.train(epochs=1, out=str(out), progress=False, **RESUME)
+    assert main(["train", "--init", str(out), "--threads", "1", *["--epochs", "1", "--no-progress"],
+                 "--out", str(tmp_path / "b")]) == 2
+    assert re.search(r"'.*run' is a folder; pass a checkpoint file in it: .*last\.pt\.", capsys.readouterr().err)
+    assert not (tmp_path / "b" / "last.pt").exists()
+    result = fairdefense.resume(out, epochs=2, progress=False)  # a run folder resumes from its last.pt
+    assert [e["epoch"] for e in result.history] == [1, 2]

@@ -62,12 +62,9 @@ def test_digits_folds_cover_all_1797_images_once():
 
 
 def test_a_fold_run_trains_and_is_evaluated_on_its_fold(tmp_path):
-    args = type("A", (), {})()
-    for name in ("dataset", "data_dir", "model", "objective", "beta", "epochs", "batch_size", "lr", "schedule", "eps",
-                 "eps_step", "attack_steps", "norm", "random_start", "val_size", "select_best", "amp",
-                 "channels_last", "compile", "workers", "seed", "device", "init", "out", "recipe"):
-        setattr(args, name, None)
-    args.plugin, args.option, args.fold = [], [], "1/5"
+    from fairdefense.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--fold", "1/5"])
     assert _config(args).fold == "1/5"
     result = fairdefense.train(epochs=1, attack_steps=1, batch_size=256, device="cpu", eval_attacks=("pgd2",),
                                fold="3/5", progress=False, out=str(tmp_path / "run"))

@@ -66,7 +66,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, help="seed of initialisation, data order and attacks (default 0)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--init", metavar="CKPT", help="fine-tune from these weights (checkpoint or state_dict)")
-    p.add_argument("--resume", metavar="CKPT", help="continue an interrupted run exactly")
+    p.add_argument("--resume", metavar="CKPT", help="continue an interrupted run exactly (its last.pt, or the run folder)")
     p.add_argument("--out", metavar="DIR", help="run folder (default runs/<dataset>-<plugins>-<objective>-s<seed>); "
                    "one that holds a run is refused unless --resume or --overwrite")
     p.add_argument("--overwrite", action="store_true", help="replace the run in --out (its files are removed)")
