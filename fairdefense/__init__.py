@@ -16,6 +16,7 @@ from fairdefense.errors import (
     HookReturnError,
     MissingDependencyError,
     NonFiniteLossError,
+    DiskFullError,
     PluginError,
     PluginNotFoundError,
     PluginOptionError,
@@ -102,5 +103,6 @@ __all__ = [
     "PluginOptionError",
     "HookReturnError",
     "NonFiniteLossError",
+    "DiskFullError",
     "MissingDependencyError",
 ]

@@ -12,9 +12,10 @@ from fairdefense import distributed
 from fairdefense.config import TrainConfig
 from fairdefense.data import load_dataset
 from fairdefense.errors import ConfigError
+from fairdefense.manager import installed_plugins, plugin_name, plugin_options
 from fairdefense.metrics import ClassReport
 from fairdefense.models import create_model
-from fairdefense.run_folder import load_training_state
+from fairdefense.run_folder import RunFolder, load_training_state
 from fairdefense.trainer import Trainer, TrainResult
 
 __all__ = ["build_trainer", "train", "resume", "evaluate_checkpoint", "default_run_dir", "RESUMABLE"]
@@ -88,7 +89,7 @@ def train(
 
 
 #: Settings a resumed run may change; every other setting is part of the run being continued.
-RESUMABLE = ("epochs", "workers", "device", "log_every", "eval_every", "eval_attacks", "data_dir")
+RESUMABLE = ("epochs", "workers", "threads", "device", "log_every", "eval_every", "eval_attacks", "data_dir")
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -96,8 +97,11 @@ def _same(a: Any, b: Any) -> bool:
     return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
-def resume(checkpoint: str | Path, *, progress: bool = True, **settings: Any) -> TrainResult:
-    """Continue the run that wrote ``checkpoint`` exactly where it stopped (restore, then train).
+def resume(
+    checkpoint: str | Path, *, progress: bool = True, plugins: Sequence[Any] = (), **settings: Any
+) -> TrainResult:
+    """Continue the run that wrote ``checkpoint`` (a checkpoint file, or a run folder: its
+    ``last.pt``) exactly where it stopped (restore, then train).
 
     ``settings`` may change the settings in :data:`RESUMABLE` (``epochs`` extends the
     run); they are recorded in ``config.json``. Any other setting given must equal the
@@ -105,8 +109,18 @@ def resume(checkpoint: str | Path, *, progress: bool = True, **settings: Any) ->
     naming it. A run that has done all its epochs is refused too (extend it with
     ``epochs``). Results go to the checkpoint's folder. In a process group, every
     process calls it with the same arguments.
+
+    The run's plugins are rebuilt by name with their recorded options. A plugin the run
+    was given as an object and that is not installed cannot be rebuilt: pass the object
+    again in ``plugins`` (its name and options must be the recorded ones); names in
+    ``plugins`` are a setting like the others (they must be the run's).
     """
     distributed.init_from_env()
+    checkpoint, _ = RunFolder.resolve(checkpoint)  # a run folder resumes from its last.pt
+    names = tuple(p for p in plugins if isinstance(p, str))
+    if names:  # names are a setting, compared with the run's
+        settings["plugins"] = names
+    objects = [p for p in plugins if not isinstance(p, str)]
     state = distributed.broadcast_object(
         {k: v for k, v in load_training_state(checkpoint, hint="; use --init to fine-tune from weights.").items()
          if k in ("config", "epoch")} if distributed.is_main() else None
@@ -129,14 +143,44 @@ def resume(checkpoint: str | Path, *, progress: bool = True, **settings: Any) ->
         )
     config = TrainConfig.from_dict({**recorded, **{k: v for k, v in settings.items() if k in RESUMABLE}})
     config.out = str(folder)
+    ordered = _resumed_plugins(checkpoint, config, objects)
+    config.plugins = ()
+    config.plugin_options = {k: v for k, v in config.plugin_options.items() if isinstance(ordered.get(k), str)}
     if int(state["epoch"]) >= config.epochs:
         raise ConfigError(
             f"{str(checkpoint)!r} has done all {config.epochs} epochs of its run: nothing to do. "
             f"Extend it with --epochs N (N > {config.epochs}), or evaluate it with: fairdefense evaluate {folder}"
         )
-    trainer = build_trainer(config, progress=progress)
+    trainer = build_trainer(config, [ordered[name] for name in ordered], progress=progress)
     trainer.restore(checkpoint)
     return trainer.fit()
+
+
+def _resumed_plugins(checkpoint: str | Path, config: TrainConfig, objects: Sequence[Any]) -> dict[str, Any]:
+    """The run's plugins in their recorded order: the object given for a name, else the name
+    (rebuilt from its recorded options). Refuses objects the run did not use or with other
+    options, and recorded plugins that are neither given nor installed."""
+    given = {plugin_name(obj): obj for obj in objects}
+    recorded = list(config.plugins)
+    for name, obj in given.items():
+        if name not in recorded:
+            raise ConfigError(f"plugin '{name}' was given, but {str(checkpoint)!r} was trained with {recorded}; "
+                              f"pass only objects of the run's plugins.")
+        expected = config.plugin_options.get(name)
+        if expected is not None and not _same(plugin_options(obj), expected):
+            raise ConfigError(f"plugin '{name}' was given with options {plugin_options(obj)}, but the run used "
+                              f"{expected}; pass it with the run's options.")
+    installed = installed_plugins()
+    missing = [n for n in recorded if n not in given and n not in installed]
+    if missing:
+        options = ", ".join(f"'{n}' with options {config.plugin_options.get(n, {})}" for n in missing)
+        raise ConfigError(
+            f"{str(checkpoint)!r} was trained with plugin(s) passed as objects and not installed: {options}; "
+            f"--resume cannot rebuild them by name. Resume from Python with the objects: "
+            f"fairdefense.resume({str(checkpoint)!r}, plugins=[...]), or install the plugin(s) "
+            f"(entry point group 'fairdefense.plugins', see docs/plugins.md)."
+        )
+    return {name: given.get(name, name) for name in recorded}
 
 
 def evaluate_checkpoint(

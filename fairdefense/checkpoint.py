@@ -13,9 +13,11 @@ model name), ``best_score`` and ``versions``.
 """
 from __future__ import annotations
 
+import errno
 import os
 import platform
 import random
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
@@ -23,7 +25,7 @@ from typing import Any, BinaryIO, Callable
 import numpy as np
 import torch
 
-from fairdefense.errors import ConfigError
+from fairdefense.errors import ConfigError, DiskFullError
 from fairdefense.version import __version__
 
 __all__ = ["FORMAT_VERSION", "write_atomic", "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "versions"]
@@ -61,7 +63,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
     """Create ``path`` whole or not at all: ``write(file)`` fills a temporary file in the
     same folder, which is flushed to disk, given a plain file's permissions and renamed
-    over ``path``. On any error the temporary file is removed and ``path`` is untouched."""
+    over ``path``. On any error the temporary file is removed and ``path`` is untouched;
+    a full disk raises :class:`~fairdefense.errors.DiskFullError` naming the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -74,10 +77,37 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if _disk_full(exc, path.parent):
+            free = shutil.disk_usage(path.parent).free
+            raise DiskFullError(
+                f"cannot write {str(path)!r}: the disk holding {str(path.parent)!r} is full ({free / 2**20:.0f} MiB "
+                f"free). {'The previous ' + path.name + ' is intact. ' if path.exists() else ''}Free some space "
+                f"(or write to another disk with --out), then run again; a training run continues with "
+                f"fairdefense train --resume {path.parent / 'last.pt'}."
+            ) from exc
         raise
     return path
+
+
+#: torch.save reports a failed write of its zip container as a RuntimeError naming this file
+_TORCH_WRITER = "inline_container"
+_NEARLY_FULL = 16 * 2**20
+
+
+def _disk_full(exc: BaseException, folder: Path) -> bool:
+    """Whether ``exc`` (or an exception it chains) says that the disk is full or over quota; torch's
+    own writer error counts when the folder's disk is nearly full (it does not always chain the cause)."""
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    if any(isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) for e in chain):
+        return True
+    torch_writer = any(isinstance(e, RuntimeError) and _TORCH_WRITER in str(e) for e in chain)
+    return torch_writer and shutil.disk_usage(folder).free < _NEARLY_FULL
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -88,6 +118,12 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``; errors say what is wrong with the file."""
     path = Path(path)
+    if path.is_dir():
+        files = sorted(p.name for p in path.glob("*.pt"))
+        raise ConfigError(
+            f"{str(path)!r} is a folder; pass a checkpoint file in it"
+            + (f": {', '.join(str(path / f) for f in files)}." if files else " (it holds no .pt file).")
+        )
     if not path.is_file():
         raise ConfigError(f"checkpoint {str(path)!r} does not exist.")
     try:

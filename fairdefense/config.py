@@ -7,6 +7,8 @@ field the user set is explicit: a plugin that needs another value is an error.
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -55,6 +57,7 @@ class TrainConfig:
     channels_last: bool | None = None
     compile: bool | None = None
     workers: int | None = None
+    threads: int | None = None  # torch CPU threads (None: leave torch's setting)
     log_every: int | None = None
     sync_bn: bool | None = None
     init: str | None = None
@@ -155,7 +158,29 @@ def select_device(name: str | None) -> torch.device:
     return device
 
 
+_KINDS = {bool: "true or false", int: "a whole number", float: "a number"}
+
+
+def _kind_ok(kind: type, value: Any) -> bool:
+    if kind is bool:
+        return type(value).__name__ in ("bool", "bool_")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    return kind is float or float(value).is_integer()
+
+
+def _check_types(c: TrainConfig) -> None:
+    """Refuse a numeric or boolean setting of another type (``epochs="abc"`` from ``--set``)."""
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(c):
+        value = getattr(c, f.name)
+        kinds = [t for t in (typing.get_args(hints[f.name]) or (hints[f.name],)) if t in _KINDS]
+        if value is not None and kinds and not _kind_ok(kinds[0], value):
+            raise ConfigError(f"{f.name} must be {_KINDS[kinds[0]]}, got {value!r}.")
+
+
 def _check(c: TrainConfig, clip: tuple | None) -> None:
+    _check_types(c)
     if not c.eps > 0:
         raise ConfigError(f"eps must be > 0, got {c.eps}; it is the attack radius in input units.")
     if c.norm == "linf" and clip is not None and not isinstance(clip[0], (list, tuple)):

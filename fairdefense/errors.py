@@ -13,6 +13,7 @@ __all__ = [
     "PluginOptionError",
     "HookReturnError",
     "NonFiniteLossError",
+    "DiskFullError",
     "MissingDependencyError",
 ]
 
@@ -51,6 +52,10 @@ class NonFiniteLossError(FairDefenseError, FloatingPointError):
         super().__init__(message)
         self.epoch = epoch
         self.batch = batch
+
+
+class DiskFullError(FairDefenseError, OSError):
+    """A file could not be written because its disk is full (the previous file is intact)."""
 
 
 class MissingDependencyError(FairDefenseError, ImportError):

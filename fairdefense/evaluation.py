@@ -121,7 +121,7 @@ def evaluate(
     loss_sums = {k: torch.zeros_like(counts) for k in ("clean_ce", "adv_ce", "kl")}
     try:
         for x, y in progress(batches) if progress else batches:
-            x, y = x.to(device), y.to(device).long()
+            x, y = x.to(device, torch.float32), y.to(device).long()
             logits = model(x)
             counts += torch.bincount(y, minlength=num_classes).double()
             clean += torch.bincount(y, weights=(logits.argmax(1) == y).double(), minlength=num_classes)

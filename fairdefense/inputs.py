@@ -33,8 +33,8 @@ def _note_conversion(dtype: torch.dtype, what: str) -> None:
 def _check_range(x: Tensor, clip: tuple | None, what: str) -> None:
     if clip is None or x.numel() == 0:
         return
-    low = torch.as_tensor(clip[0], dtype=torch.float64)
-    high = torch.as_tensor(clip[1], dtype=torch.float64)
+    low = torch.as_tensor(clip[0]).to(x.device, torch.float64)
+    high = torch.as_tensor(clip[1]).to(x.device, torch.float64)
     xd = x.double()
     if bool((xd < low - _TOLERANCE).any() | (xd > high + _TOLERANCE).any()):
         found = (xd.min().item(), xd.max().item())

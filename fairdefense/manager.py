@@ -16,6 +16,7 @@ give one plugin the answer.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib.metadata as metadata
 import inspect
@@ -28,7 +29,7 @@ from torch import Tensor
 
 from fairdefense import hookspecs
 from fairdefense.context import LossWeights, Margins, Selection
-from fairdefense.errors import HookReturnError, PluginError, PluginNotFoundError, PluginOptionError
+from fairdefense.errors import FairDefenseError, HookReturnError, PluginError, PluginNotFoundError, PluginOptionError
 from fairdefense.hookspecs import HOOK_NAMES
 from fairdefense.listing import matches
 from fairdefense.plugin import FairnessPlugin
@@ -38,7 +39,10 @@ if TYPE_CHECKING:
     from fairdefense.context import BatchInfo, BatchOutputs, EpochInfo, RunInfo
     from fairdefense.metrics import ClassStats
 
-__all__ = ["ENTRY_POINT_GROUP", "PluginInfo", "list_plugins", "Installed", "installed", "entry_points", "nearest", "PluginHost"]
+__all__ = [
+    "ENTRY_POINT_GROUP", "PluginInfo", "list_plugins", "Installed", "installed", "entry_points", "nearest",
+    "installed_plugins", "plugin_name", "plugin_options", "PluginHost",
+]
 
 ENTRY_POINT_GROUP = "fairdefense.plugins"
 
@@ -135,7 +139,19 @@ def list_plugins(filter: str | None = None) -> list[PluginInfo]:
     ]
 
 
-def _plugin_name(obj: Any) -> str:
+def installed_plugins() -> set[str]:
+    """Names of the plugins installed through the ``fairdefense.plugins`` entry points."""
+    return set(_entry_points())
+
+
+def plugin_options(obj: Any) -> dict[str, Any]:
+    """A plugin object's options as a dict (``{}`` for a plugin without an ``Options`` dataclass)."""
+    options = getattr(obj, "options", None) if isinstance(obj, FairnessPlugin) else None
+    return dataclasses.asdict(options) if dataclasses.is_dataclass(options) and not isinstance(options, type) else {}
+
+
+def plugin_name(obj: Any) -> str:
+    """The name a plugin object is activated and recorded under."""
     if isinstance(obj, FairnessPlugin):
         return obj.plugin_name()
     name = getattr(obj, "name", None)
@@ -206,7 +222,7 @@ class PluginHost:
                 f"e.g. {item.__name__}() (or its installed name as a string)."
             )
         if not isinstance(item, str):
-            name = _plugin_name(item)
+            name = plugin_name(item)
             if name in options:
                 raise PluginOptionError(
                     f"options were given by name for plugin '{name}', which was passed as an object; "
@@ -236,7 +252,7 @@ class PluginHost:
         return target
 
     def _register(self, obj: Any) -> None:
-        name = _plugin_name(obj)
+        name = plugin_name(obj)
         if name in self.plugins:
             raise PluginError(f"plugin '{name}' is activated twice; name each plugin once.")
         if isinstance(obj, FairnessPlugin):
@@ -311,10 +327,17 @@ class PluginHost:
         """Whether any active plugin implements ``hook``."""
         return bool(self._impls(hook))
 
+    def options(self) -> dict[str, dict[str, Any]]:
+        """Every active plugin's options (defaults included), keyed by plugin name."""
+        return {name: plugin_options(obj) for name, obj in self.plugins.items()}
+
+    def implementers(self, hook: str) -> list[str]:
+        """Names of the active plugins implementing ``hook``, in call order."""
+        return [impl.plugin_name for impl in self._impls(hook)]
+
     def _each(self, hook: str, **kwargs: Any) -> Iterable[tuple[str, Any]]:
         for impl in self._impls(hook):
-            args = {k: kwargs[k] for k in impl.argnames}
-            yield impl.plugin_name, impl.function(**args)
+            yield impl.plugin_name, _call(impl, hook, {k: kwargs[k] for k in impl.argnames})
 
     def on_epoch_end(self, epoch: "EpochInfo", train_stats: "ClassStats") -> dict[str, dict[str, Any]]:
         """Call every ``on_epoch_end``; return what plugins asked to log, keyed by plugin name."""
@@ -461,7 +484,21 @@ class PluginHost:
     def load_state(self, states: Mapping[str, Any]) -> None:
         for impl in self._impls("load_plugin_state"):
             if impl.plugin_name in states:
-                impl.function(state=states[impl.plugin_name])
+                _call(impl, "load_plugin_state", {"state": states[impl.plugin_name]})
+
+
+def _call(impl: pluggy.HookImpl, hook: str, args: Mapping[str, Any]) -> Any:
+    """``impl(**args)``; an exception that is not fairdefense's becomes a :class:`PluginError`
+    naming the plugin and the hook, the original chained."""
+    try:
+        return impl.function(**args)
+    except FairDefenseError:
+        raise
+    except Exception as exc:
+        raise PluginError(
+            f"plugin '{impl.plugin_name}', hook '{hook}' raised {type(exc).__name__}: {exc} (the original "
+            f"traceback is chained); fix the plugin or its options, or run without it."
+        ) from exc
 
 
 def _rank(impl: pluggy.HookImpl) -> int:

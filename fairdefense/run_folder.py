@@ -32,6 +32,7 @@ import json
 import math
 import os
 import socket
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -41,7 +42,7 @@ from fairdefense import distributed
 from fairdefense.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint, write_atomic
 from fairdefense.errors import ConfigError
 
-__all__ = ["RunFolder", "REPORT_FILES", "CHECKPOINTS", "LOCK", "load_training_state", "is_training_state"]
+__all__ = ["RunFolder", "REPORT_FILES", "CHECKPOINTS", "LOCK", "load_training_state", "is_training_state", "writable_folder"]
 
 #: The lock file of a run folder in use.
 LOCK = ".fairdefense.lock"
@@ -177,9 +178,7 @@ class RunFolder:
         """
         if not distributed.is_main():
             return
-        if self.path.exists() and not self.path.is_dir():
-            raise ConfigError(f"the run folder {str(self.path)!r} is a file; give a folder for --out.")
-        self.path.mkdir(parents=True, exist_ok=True)
+        writable_folder(self.path)
         self._lock()
         try:
             for orphan in self.path.glob(".*.tmp"):
@@ -244,11 +243,13 @@ class RunFolder:
 
         The line is strict JSON (NaN and infinities, e.g. the accuracy of a class absent
         from a split, become ``null``) and the file is rewritten whole, so that every
-        line stays readable whatever happens during the write.
+        line stays readable whatever happens during the write. Lines of this epoch and
+        later ones (written before a failed checkpoint write, then rerun on resume) are
+        replaced.
         """
         if not distributed.is_main():
             return
-        lines = [json.dumps(e, allow_nan=False) for e in self.read_history()]
+        lines = [json.dumps(e, allow_nan=False) for e in self.read_history() if int(e["epoch"]) < int(entry["epoch"])]
         lines.append(json.dumps(_strict(entry), allow_nan=False))
         _write_whole(self.history_file, "\n".join(lines) + "\n")
 
@@ -287,6 +288,25 @@ class RunFolder:
                 )
             return path, cls(path.parent)
         raise ConfigError(f"{str(path)!r} is neither a run folder nor a checkpoint file.")
+
+
+def writable_folder(path: str | Path, what: str = "--out") -> Path:
+    """``path`` as a folder this process can write into (created if missing), checked before
+    any work is done: a file, or a folder that cannot be created or written, raises
+    :class:`ConfigError` naming it."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} {str(path)!r} is a file, not a folder; give a folder (it is created if missing).")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"{what} {str(path)!r} cannot be written ({exc.strerror or exc}); choose a folder you can write to, "
+            f"or fix its permissions."
+        ) from exc
+    return path
 
 
 def _stale(holder: dict[str, Any], me: dict[str, Any]) -> bool:

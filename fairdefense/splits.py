@@ -7,7 +7,7 @@ from torch import Tensor
 
 from fairdefense.errors import ConfigError
 
-__all__ = ["per_class_split", "stratified_split", "kfold_indices", "kfold_split", "parse_fold"]
+__all__ = ["per_class_split", "validation_split", "stratified_split", "kfold_indices", "kfold_split", "parse_fold"]
 
 
 def _per_class_count(n_c: int, size: float) -> int:
@@ -35,6 +35,34 @@ def per_class_split(targets: Tensor, size: float, seed: int) -> tuple[Tensor, Te
         held.append(perm[:k])
         kept.append(perm[k:])
     return torch.from_numpy(np.sort(np.concatenate(kept))), torch.from_numpy(np.sort(np.concatenate(held)))
+
+
+def validation_split(
+    targets: Tensor, class_names: list[str], size: float, seed: int, purpose: str
+) -> tuple[Tensor, Tensor]:
+    """:func:`per_class_split` for a validation split that ``purpose`` scores per class: a
+    class without samples, or one the split holds out nothing of, is an error saying how
+    many samples are needed."""
+    targets = torch.as_tensor(targets).long().cpu()
+    counts = torch.bincount(targets, minlength=len(class_names))
+    empty = [class_names[c] for c in range(len(class_names)) if counts[c] == 0]
+    if empty:
+        raise ConfigError(
+            f"class(es) {empty} have no training samples, but {purpose} scores every class on a validation split: "
+            f"each class needs at least 2 samples (1 held out, 1 to train on). Add samples of these classes, or "
+            f"drop them from class_names and remap the labels."
+        )
+    kept, held = per_class_split(targets, size, seed)
+    held_counts = torch.bincount(targets[held], minlength=len(class_names))
+    short = [c for c in range(len(class_names)) if held_counts[c] == 0]
+    if short:
+        n = int(counts[short].min())
+        raise ConfigError(
+            f"val_size={size:g} holds out no sample of class(es) {[class_names[c] for c in short]} (the smallest has "
+            f"{n} samples), but {purpose} needs at least 1 validation sample per class: use val_size=1 or more (a "
+            f"count per class), or a fraction of at least {0.5 / n:.2g}."
+        )
+    return kept, held
 
 
 def stratified_split(targets: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:

@@ -36,15 +36,23 @@ from fairdefense.config import TrainConfig, resolve, select_device
 from fairdefense.context import BatchInfo, EpochInfo, Margins, RunInfo
 from fairdefense.errors import ConfigError, NonFiniteLossError
 from fairdefense.evaluation import evaluate
+from fairdefense.inputs import check_dataset_inputs
 from fairdefense.manager import PluginHost
 from fairdefense.metrics import ClassReport, ClassStats, summarize
 from fairdefense.objectives import make_objective
-from fairdefense.splits import per_class_split
+from fairdefense.splits import validation_split
 from fairdefense.run_folder import RunFolder, is_training_state, load_training_state
 from fairdefense.sharding import ShardedLoader
+from fairdefense.threads import set_threads
 from fairdefense.tracking import Tracker
 
-__all__ = ["Trainer", "TrainResult", "StepOutput", "load_weights", "resolve_run"]
+__all__ = ["Trainer", "TrainResult", "StepOutput", "FAULTS", "load_weights", "resolve_run"]
+
+#: Where a training step may first go non-finite (:attr:`StepOutput.fault` indexes it):
+#: nowhere, the objective's loss, the loss weighted by ``reweight`` hooks, the loss plus
+#: ``extra_loss`` hooks, the weights after the optimizer step (finite loss, overflowing
+#: gradients or update).
+FAULTS = ("", "objective", "reweight", "extra_loss", "weights")
 
 
 @dataclass
@@ -71,13 +79,16 @@ class StepOutput:
     """What one training step returns, all tensors on the device (nothing read on the host).
 
     ``loss``: this process's share of the global-batch loss (the sum over processes is
-    the loss of the global batch; detached). ``finite``: whether it is finite (0-d
-    bool). ``logits_adv``/``logits_clean``: detached logits for the per-class counts.
+    the loss of the global batch; detached). ``finite``: whether the loss and the
+    updated weights are finite (0-d bool). ``fault``: where the step first went
+    non-finite, an index into :data:`FAULTS` (0-d int64, 0: nowhere).
+    ``logits_adv``/``logits_clean``: detached logits for the per-class counts.
     ``attack_steps``: steps the attack ran on this process's inputs.
     """
 
     loss: Tensor
     finite: Tensor
+    fault: Tensor
     logits_adv: Tensor
     logits_clean: Tensor | None
     attack_steps: int
@@ -107,14 +118,31 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ConfigError(f"{str(path)!r} holds neither a fairdefense checkpoint nor a state_dict.")
     targets = [model] + ([model.net] if hasattr(model, "net") else [])
-    errors = []
+    problems = []
     for target in targets:
         try:
             target.load_state_dict(state)
             return
-        except RuntimeError as exc:
-            errors.append(str(exc).splitlines()[0])
-    raise ConfigError(f"weights in {str(path)!r} do not fit this model: {errors[0]}")
+        except RuntimeError:
+            problems.append(_mismatch(target.state_dict(), state))
+    raise ConfigError(
+        f"weights in {str(path)!r} do not fit this model (another architecture or number of classes?): "
+        f"{min(problems, key=len)}. Pass weights of the same --model and dataset."
+    )
+
+
+def _mismatch(expected: Mapping[str, Tensor], given: Mapping[str, Tensor], first: int = 4) -> str:
+    """The first few missing and unexpected keys and shape differences between two state_dicts."""
+    def some(keys: list[str]) -> str:
+        return ", ".join(keys[:first]) + (f" and {len(keys) - first} more" if len(keys) > first else "")
+
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    shapes = [f"{k} {tuple(given[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in given and tuple(given[k].shape) != tuple(v.shape)]
+    parts = [f"{label} ({len(keys)}): {some(keys)}" for label, keys in
+             (("missing keys", missing), ("unexpected keys", unexpected), ("shapes differ", shapes)) if keys]
+    return "; ".join(parts)
 
 
 def resolve_run(
@@ -126,11 +154,14 @@ def resolve_run(
 ) -> tuple[TrainConfig, PluginHost, RunInfo]:
     """Resolve ``config`` as a run does: activate ``config.plugins`` then ``plugins``, let
     their ``configure`` hooks fill unset fields, then ``dataset_defaults``, then the
-    library's defaults. Returns the resolved config, the plugin host and the run info."""
+    library's defaults. The resolved config names every active plugin in ``plugins`` and
+    its options (objects' included, defaults too) in ``plugin_options``. Returns the
+    resolved config, the plugin host and the run info."""
     config = copy.deepcopy(config)
     device = distributed.local_device(select_device(config.device))
     host = PluginHost(list(config.plugins) + list(plugins), config.plugin_options)
     config.plugins = tuple(host.plugins)
+    config.plugin_options = host.options()
     run = RunInfo(len(class_names), [str(c) for c in class_names], config, device)
     required = host.configure(config, run, explicit=config.explicit())
     run.config = resolve(config, dataset_defaults, required, clip)
@@ -208,9 +239,11 @@ class Trainer:
         self.config, self.host, self.run = resolve_run(
             config or TrainConfig(), self.class_names, dataset_defaults or {}, clip, plugins
         )
+        set_threads(self.config.threads)  # unset: OMP_NUM_THREADS, else the CPUs this process may use
         device = self.run.device
         self.device = device
         self.clip = clip
+        check_dataset_inputs(train_data, clip)
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         if self.config.sync_bn and self.world_size > 1:  # one process: BatchNorm already sees the global batch
             if device.type == "cpu":
@@ -253,7 +286,10 @@ class Trainer:
         if needs_val:
             if not self.config.val_size > 0:
                 raise ConfigError("a validation split is needed (on_validation plugin or select_best): set val_size > 0.")
-            train_idx, val_idx = per_class_split(targets, self.config.val_size, self.config.seed)
+            users = [f"plugin '{n}' (on_validation)" for n in self.host.implementers("on_validation")]
+            purpose = " and ".join(users + (["select_best"] if self.config.select_best else []))
+            train_idx, val_idx = validation_split(targets, self.class_names, self.config.val_size, self.config.seed,
+                                                  purpose)
             self.val_data: Dataset | None = Subset(train_data, val_idx.tolist())
             train_base: Dataset = Subset(train_data, train_idx.tolist())
         else:
@@ -297,7 +333,7 @@ class Trainer:
         was = self.model.training
         self.model.eval()
         with torch.no_grad():
-            out = self.model(torch.as_tensor(x).unsqueeze(0).to(self.device))
+            out = self.model(torch.as_tensor(x).unsqueeze(0).to(self.device, torch.float32))
         self.model.train(was)
         if out.dim() != 2 or out.shape[1] != num_classes:
             raise ConfigError(
@@ -393,9 +429,13 @@ class Trainer:
                               eps=torch.as_tensor(eps, dtype=x.dtype, device=x.device).expand(len(y)), record=record)
             w_natural, w_robust = self.host.reweight(info, outputs)
             loss = self.objective.reduce(outputs, w_natural, w_robust)
+            stages = [(FAULTS.index("reweight"), loss)]
+            if w_natural is not None or w_robust is not None:
+                stages.insert(0, (FAULTS.index("objective"), self.objective.reduce(outputs).detach()))
             extra = self.host.extra_loss(info, outputs)
             if extra is not None:
                 loss = loss + extra
+                stages.append((FAULTS.index("extra_loss"), loss))
         share = len(y) / total
         self.optimizer.zero_grad(set_to_none=True)
         # an empty share (a final global batch smaller than the number of processes) has a NaN
@@ -406,8 +446,21 @@ class Trainer:
         self._shift(perturbation, -1.0)
         part = (loss.detach().float() * share) if len(y) else loss.new_zeros((), dtype=torch.float32)
         self.global_step += 1
+        fault = self._fault(stages if len(y) else [])
         clean = None if outputs.logits_clean is None else outputs.logits_clean.detach()
-        return StepOutput(part, torch.isfinite(part), outputs.logits_adv.detach(), clean, steps)
+        return StepOutput(part, fault == 0, fault, outputs.logits_adv.detach(), clean, steps)
+
+    def _fault(self, stages: Sequence[tuple[int, Tensor]]) -> Tensor:
+        """The :data:`FAULTS` index of the first non-finite stage of the loss (``stages`` in
+        the order they were computed), else of the updated weights, else 0; on the device.
+        The weights are checked through their total norm: one fused pass, no host read."""
+        params = [p.detach() for p in self.model.parameters()]
+        total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # fused, torch >= 2.6
+        norm = total_norm(params, error_if_nonfinite=False) if total_norm else torch.stack([p.norm() for p in params]).norm()
+        fault = torch.where(torch.isfinite(norm), 0, FAULTS.index("weights")).to(self.device)
+        for code, value in reversed(stages):  # an earlier non-finite stage takes the blame
+            fault = torch.where(torch.isfinite(value.detach()), fault, code)
+        return fault
 
     # -------------------------------------------------------------- one epoch
     def _epoch_info(self, epoch: int) -> EpochInfo:
@@ -441,16 +494,28 @@ class Trainer:
                 torch.distributed.broadcast(buffer, 0)
 
     def _check_finite(self, epoch: int, first_bad: Tensor, sentinel: int) -> None:
-        """Raise the same :class:`NonFiniteLossError` on every process if any saw a non-finite loss."""
-        index = int(distributed.all_reduce_min(first_bad).item())
-        if index != sentinel:
-            where = f" in {self.run_dir}" if self.run_dir else ""
-            raise NonFiniteLossError(
-                f"the loss became non-finite at epoch {epoch + 1}, batch {index + 1}; training stopped. "
-                f"The last good checkpoint is kept{where}. "
-                f"Lower the learning rate or check the plugins' weights and extra losses.",
-                epoch=epoch + 1, batch=index + 1,
-            )
+        """Raise the same :class:`NonFiniteLossError` on every process if any step went
+        non-finite; ``first_bad`` is ``batch * len(FAULTS) + fault`` of the first one."""
+        code = int(distributed.all_reduce_min(first_bad).item())
+        if code == sentinel:
+            return
+        index, fault = divmod(code, len(FAULTS))
+        where = f"epoch {epoch + 1}, batch {index + 1}"
+        kept = f"The last good checkpoint is kept{f' in {self.run_dir}' if self.run_dir else ''}"
+        hook = FAULTS[fault]
+        if hook in ("reweight", "extra_loss"):
+            names = ", ".join(f"'{n}'" for n in self.host.implementers(hook))
+            message = (f"the loss became non-finite at {where} through plugin {names}, hook '{hook}' (the loss "
+                       f"before it was finite); training stopped. {kept}. Check that plugin's "
+                       f"{'weights' if hook == 'reweight' else 'extra loss'} and options.")
+        elif hook == "weights":
+            message = (f"the weights became non-finite at {where} although the loss was finite: the gradients or "
+                       f"the update overflowed; training stopped before any checkpoint took them. {kept}. "
+                       f"Lower the learning rate, or use --amp fp16 (its gradient scaler skips such steps).")
+        else:
+            message = (f"the loss became non-finite at {where}; training stopped. {kept}. "
+                       f"Lower the learning rate or check the plugins' weights and extra losses.")
+        raise NonFiniteLossError(message, epoch=epoch + 1, batch=index + 1)
 
     def _run_epoch(self, epoch: int) -> dict[str, Any]:
         c = self.config
@@ -466,13 +531,14 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         steps_sum, n_batches, n_samples = 0, 0, 0
         for index, (x, y, window) in enumerate(loader):
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True).long()
+            x = x.to(self.device, dtype=torch.float32, non_blocking=True)
+            y = y.to(self.device, non_blocking=True).long()
             if c.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             out = self.step(epoch, index, x, y, window)
             stats.update(y, out.logits_adv, out.logits_clean)
             loss_sum += out.loss
-            here = torch.tensor(index, device=self.device)
+            here = out.fault + index * len(FAULTS)
             first_bad = torch.where(out.finite, first_bad, torch.minimum(first_bad, here))
             steps_sum += out.attack_steps
             n_batches += 1

@@ -72,7 +72,7 @@ def test_third_party_plugin_package_installs_and_trains(tmp_path):
     )
     assert run.returncode == 0, run.stderr
     state = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert state["plugins"] == ["upweight-weak"] and state["plugin_options"] == {"upweight-weak": {"temperature": "0.2"}}
+    assert state["plugins"] == ["upweight-weak"] and state["plugin_options"] == {"upweight-weak": {"temperature": 0.2}}
 
 
 def env_path() -> str:

@@ -182,7 +182,7 @@ def test_trains_end_to_end_from_the_cli(tmp_path, capsys):
     assert code == 0
     assert (tmp_path / "last.pt").exists()
     state = torch.load(tmp_path / "last.pt", weights_only=True)
-    assert state["config"]["plugin_options"] == {"bat": {"kl_direction": "paper"}}
+    assert state["config"]["plugin_options"]["bat"]["kl_direction"] == "paper"
     assert "bat" in capsys.readouterr().out
 
 

@@ -224,7 +224,7 @@ def test_train_cli(tmp_path):
                      "--out", str(tmp_path), "--no-progress", "--device", "cpu"])
     assert code == 0
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["plugins"] == ["faal"] and config["plugin_options"] == {"faal": {"r": "0.05"}}
+    assert config["plugins"] == ["faal"] and config["plugin_options"]["faal"]["r"] == 0.05
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1 and math.isfinite(json.loads(lines[0])["loss"])
     assert (tmp_path / "last.pt").exists()

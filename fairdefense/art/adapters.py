@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from fairdefense.errors import ConfigError
+from fairdefense.inputs import check_inputs
 from fairdefense.models.normalize import Standardize
 
 __all__ = [
@@ -237,8 +238,10 @@ def unwrap(classifier: Any, training: bool = False) -> ARTParts:
     )
 
 
-def to_inputs(x: Any, input_shape: tuple[int, ...], what: str = "x") -> Tensor:
-    """Inputs as a float32 tensor (numpy float64, as numpy 2 makes by default, is cast)."""
+def to_inputs(x: Any, input_shape: tuple[int, ...], what: str = "x", clip: tuple | None = None) -> Tensor:
+    """Inputs as a float32 tensor, checked by :func:`fairdefense.inputs.check_inputs`: other real
+    dtypes (numpy's default float64, integers) are converted with a warning; values outside
+    ``clip`` (``None``: unbounded, a classifier without ``clip_values``) are refused."""
     arr = np.asarray(x)
     if tuple(arr.shape[1:]) != tuple(input_shape):
         raise ConfigError(
@@ -247,7 +250,7 @@ def to_inputs(x: Any, input_shape: tuple[int, ...], what: str = "x") -> Tensor:
         )
     if not np.issubdtype(arr.dtype, np.number):
         raise ConfigError(f"{what} must be numeric, got dtype {arr.dtype}.")
-    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    return check_inputs(np.ascontiguousarray(arr), clip, what)
 
 
 def to_labels(y: Any, nb_classes: int, n: int | None = None, what: str = "y") -> Tensor:

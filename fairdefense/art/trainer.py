@@ -203,12 +203,12 @@ class FairAdversarialTrainer(ARTTrainer):
         """
         progress = self._progress(kwargs)
         shape, nb = self.parts.input_shape, self.parts.nb_classes
-        x_t = to_inputs(x, shape)
+        x_t = to_inputs(x, shape, clip=self.parts.clip)
         y_t = to_labels(y, nb, len(x_t))
         test = None
         if validation_data is not None:
             x_val, y_val = validation_data
-            x_v = to_inputs(x_val, shape, "validation_data[0]")
+            x_v = to_inputs(x_val, shape, "validation_data[0]", self.parts.clip)
             test = TensorDataset(x_v, to_labels(y_val, nb, len(x_v), "validation_data[1]"))
         return self._train(TensorDataset(x_t, y_t), y_t, test, batch_size, nb_epochs, scheduler, progress)
 

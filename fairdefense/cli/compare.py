@@ -29,7 +29,10 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fairdefense.reports import write_leaderboard
+    from fairdefense.run_folder import writable_folder
 
+    if args.out is not None:
+        writable_folder(args.out)
     text, files = write_leaderboard(args.runs, args.out, args.attack, baseline=args.baseline, alpha=args.alpha)
     print(text)
     if files:

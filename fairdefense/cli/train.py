@@ -78,7 +78,7 @@ def add_parser(sub) -> None:
     p.add_argument("--init", metavar="CKPT", help="fine-tune from these weights (checkpoint or state_dict), or "
                                                 "robustbench:NAME, a RobustBench zoo model (for --dataset and --norm)")
     p.add_argument("--model-dir", help="RobustBench's cache folder for --init robustbench:NAME (default ./models)")
-    p.add_argument("--resume", metavar="CKPT", help="continue an interrupted run exactly")
+    p.add_argument("--resume", metavar="CKPT", help="continue an interrupted run exactly (its last.pt, or the run folder)")
     p.add_argument("--out", metavar="DIR", help="run folder (default runs/<dataset>-<plugins>-<objective>-s<seed>); "
                    "one that holds a run is refused unless --resume or --overwrite")
     p.add_argument("--overwrite", action="store_true", help="replace the run in --out (its files are removed)")
@@ -97,7 +97,8 @@ def _given(args: argparse.Namespace) -> dict:
         "eps_step": args.eps_step, "attack_steps": args.attack_steps,
         "norm": args.norm, "random_start": args.random_start, "attack_mode": args.attack_mode,
         "early_stop_extra_steps": args.early_stop_extra_steps, "val_size": args.val_size,
-        "select_best": args.select_best, "amp": args.amp, "channels_last": args.channels_last, "compile": args.compile, "workers": args.workers, "seed": args.seed,
+        "select_best": args.select_best, "amp": args.amp, "channels_last": args.channels_last, "compile": args.compile,
+        "workers": args.workers, "threads": args.threads, "seed": args.seed,
         "log_every": args.log_every, "sync_bn": args.sync_bn,
         "device": args.device, "init": args.init, "model_dir": args.model_dir, "out": args.out,
         "plugins": tuple(args.plugin) or None, "plugin_options": parse_plugin_options(args.option) or None,

@@ -41,7 +41,6 @@ from fairdefense.data import dataset_spec
 from fairdefense.errors import ConfigError
 from fairdefense.evaluation import parse_attack
 from fairdefense.models import model_factory
-from fairdefense.plugin import FairnessPlugin
 from fairdefense.trainer import resolve_run
 
 if sys.version_info >= (3, 11):
@@ -225,11 +224,7 @@ def resolve_offline(config: TrainConfig) -> TrainConfig:
     ``plugin_options`` lists every option of every active plugin with the value it
     takes (defaults included, command-line strings converted)."""
     spec = dataset_spec(config.dataset, config.data_dir)
-    resolved, host, _ = resolve_run(config, spec.names(), spec.defaults, spec.clip)
-    resolved.plugin_options = {
-        name: dataclasses.asdict(plugin.options) if isinstance(plugin, FairnessPlugin) else {}
-        for name, plugin in host.plugins.items()
-    }
+    resolved, _, _ = resolve_run(config, spec.names(), spec.defaults, spec.clip)
     if resolved.model is None:
         resolved.model = spec.defaults.get("model", "small_cnn")
     model_factory(resolved.model)

@@ -22,7 +22,7 @@ from fairdefense.metrics import ClassReport
 from fairdefense.reports.markdown import confusion_attack, render_report
 from fairdefense.reports.plots import plot_classwise, plot_confusion, plot_curves
 from fairdefense.reports.schema import build_metrics, load_metrics, save_metrics
-from fairdefense.run_folder import REPORT_FILES, RunFolder, load_training_state
+from fairdefense.run_folder import REPORT_FILES, RunFolder, load_training_state, writable_folder
 
 __all__ = [
     "DEFAULT_ATTACKS",
@@ -148,11 +148,26 @@ def evaluate_run(
 
     if weights not in ("eval", "trained"):
         raise ConfigError(f"weights must be 'eval' or 'trained', got {weights!r}.")
+    for name, value, low in (("n_samples", n_samples, 1), ("batch_size", batch_size, 1)):
+        if value is not None and not value >= low:
+            raise ConfigError(f"{name} must be >= {low}, got {value}; leave it unset for the default.")
+    if eps is not None and not eps > 0:
+        raise ConfigError(f"eps must be > 0, got {eps}; it is the attack radius (leave it unset for the run's).")
     ckpt, run_dir = resolve_checkpoint(target, checkpoint)
+    if write:  # before any computing: results that cannot be written are lost
+        writable_folder(out or run_dir)
     state = load_training_state(ckpt)
     config = state["config"]
     run = TrainConfig.from_dict(config)
     meta = state["data"]
+    if "dataset" not in meta or "model" not in meta:
+        raise ConfigError(
+            f"{str(ckpt)!r} was trained from Python on data and a model of your own (no dataset or model name "
+            f"recorded), so it cannot be rebuilt here. Evaluate it from Python: load its weights into your model "
+            f"(fairdefense.trainer.load_weights(model, {str(ckpt)!r})), then call fairdefense.evaluate(model, test_batches, "
+            f"class_names, attacks, eps=..., clip=...); or train with a named dataset (fairdefense.train) to "
+            f"evaluate from the command line."
+        )
     model = create_model(meta["model"], len(meta["class_names"]), tuple(meta["input_shape"]), meta["mean"], meta["std"])
     chosen = state["eval_model"] if weights == "eval" and state["eval_model"] is not None else state["model"]
     model.load_state_dict(chosen)
@@ -160,16 +175,16 @@ def evaluate_run(
     data = load_dataset(meta["dataset"], run.data_dir, fold=run.fold).test
     if n_samples is not None:
         data = Subset(data, range(min(n_samples, len(data))))
-    batches = _Fingerprinted(DataLoader(data, batch_size=batch_size or run.batch_size, shuffle=False))
+    batches = _Fingerprinted(DataLoader(data, batch_size=batch_size if batch_size is not None else run.batch_size, shuffle=False))
     bar = (lambda it: tqdm(it, desc=f"evaluating {ckpt.name}", unit="batch")) if progress is True else progress or None
     report = evaluate(
-        model.to(dev), batches, meta["class_names"], list(attacks or DEFAULT_ATTACKS), eps=eps or run.eps,
+        model.to(dev), batches, meta["class_names"], list(attacks or DEFAULT_ATTACKS), eps=eps if eps is not None else run.eps,
         norm=run.norm, clip=tuple(meta["clip"]), device=dev, seed=seed, progress=bar, autoattack=autoattack,
     )
     selection = checkpoint or ("last" if Path(target).is_dir() else "file")
     metrics = build_metrics(
         report, config=config, evaluated=_evaluated(config, state, ckpt, selection, weights, int(state["epoch"])),
-        eps=eps or run.eps, norm=run.norm, seed=seed, autoattack=autoattack, run_dir=run_dir,
+        eps=eps if eps is not None else run.eps, norm=run.norm, seed=seed, autoattack=autoattack, run_dir=run_dir,
         samples={"first_n": n_samples, "sha256": batches.digest.hexdigest()},
     )
     if not write:
