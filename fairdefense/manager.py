@@ -141,7 +141,7 @@ def list_plugins(filter: str | None = None) -> list[PluginInfo]:
 
 def installed_plugins() -> set[str]:
     """Names of the plugins installed through the ``fairdefense.plugins`` entry points."""
-    return set(_entry_points())
+    return set(entry_points())
 
 
 def plugin_options(obj: Any) -> dict[str, Any]:
