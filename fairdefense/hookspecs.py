@@ -112,8 +112,9 @@ def on_epoch_end(epoch: "EpochInfo", train_stats: "ClassStats") -> "dict[str, An
     the logits the trainer already computed on the examples it trained on (no
     extra attack): per class, the number of samples (``counts``), how many
     adversarial inputs were classified correctly (``robust_correct``; the fraction
-    is ``robust_acc``), for objectives with a clean forward pass (TRADES) how many
-    clean ones (``clean_correct`` and ``clean_acc``; ``None`` for PGD-AT), and the
+    is ``robust_acc``), for objectives with a clean forward pass (TRADES, MART) how
+    many clean ones (``clean_correct`` and ``clean_acc``; ``None`` for PGD-AT and
+    FAT), and the
     ``(C, C)`` sums of the softmax outputs on the adversarial inputs, row = true
     class (``robust_prob_sums``; ``robust_prob_mean`` is the per-class mean
     prediction, e.g. DAFA's class similarity), accumulated on the device from the
@@ -206,8 +207,9 @@ def select_examples(batch: "BatchInfo", record: "AttackRecord") -> "Selection | 
     """Choose which attack iterate each loss term trains on.
 
     When: every training batch, right after the attack. If an active plugin
-    implements this hook, the trainer runs the attack with early stopping and
-    records the iterates (otherwise it does not pay for them): each sample stops
+    implements this hook (or the objective is early-stopped, as FAT is), the
+    trainer runs the attack with early stopping and records the iterates
+    (otherwise it does not pay for them): each sample stops
     ``config.early_stop_extra_steps`` steps after it is first misclassified
     (FAT's tau).
 
@@ -260,8 +262,9 @@ def reweight(batch: "BatchInfo", outputs: "BatchOutputs") -> "LossWeights | None
 
     Returns: ``None`` or :class:`~fairdefense.LossWeights` with ``(B,)`` finite,
     non-negative weights for the natural and/or robust term. The loss is
-    ``mean(w_nat * natural) + beta * mean(w_rob * robust)`` for TRADES and
-    ``mean(w_rob * robust)`` for PGD-AT; no gradient flows through the weights.
+    ``mean(w_nat * natural) + beta * mean(w_rob * robust)`` (TRADES, MART; the
+    objective's ``reduce``) and ``mean(w_rob * robust)`` for PGD-AT and FAT, which
+    have no natural term; no gradient flows through the weights.
 
     Distributed: local. ``outputs`` holds this process's share of the global batch and
     the trainer averages over the global batch (it scales the local mean by the local
