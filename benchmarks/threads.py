@@ -91,20 +91,24 @@ def run(repeats: int, eval_samples: int, timeout: float) -> dict[str, Any]:
 def render(results: dict[str, Any]) -> str:
     m = results["machine"]
     lines = [
+        "## CPU threads",
+        "",
         f"Measured on {m['cpu']}, {m['usable_cores']} usable of {m['logical_cores']} logical cores, torch {m['torch']}; "
         f"one digits PGD-AT epoch and PGD-20 on {results['eval_samples']} test images, median of repeats, "
-        f"each in a fresh process. \"loaded\": one busy process per usable CPU beside the run.",
+        f"each in a fresh process. \"loaded\": one busy process per usable CPU beside the run. "
+        f"\"cut\": repeats stopped at the time limit (`--timeout`), left out of the median.",
         "",
-        "| condition | threads | torch threads | epoch (s) | evaluation (s) | epoch vs 1 thread |",
-        "|---|---|---|---|---|---|",
+        "| condition | threads | torch threads | epoch (s) | evaluation (s) | epoch vs 1 thread | cut |",
+        "|---|---|---|---|---|---|---|",
     ]
     for condition, variants in results["conditions"].items():
         one = variants["1"]["train_epoch_s"]
         for v, r in variants.items():
-            t = "timeout" if r["timeouts"] else f"{r['train_epoch_s']:.1f}"
-            e = "timeout" if r["timeouts"] else f"{r['eval_s']:.1f}"
-            ratio = "" if r["timeouts"] else f"{r['train_epoch_s'] / one:.2f}x"
-            lines.append(f"| {condition} | {v} | {r['threads']} | {t} | {e} | {ratio} |")
+            epoch, evaluation = r["train_epoch_s"], r["eval_s"]
+            done = epoch == epoch  # NaN when every repeat was cut
+            ratio = f"{epoch / one:.2f}x" if done and one == one else ""
+            lines.append(f"| {condition} | {v} | {r['threads']} | {f'{epoch:.1f}' if done else '-'} | "
+                         f"{f'{evaluation:.1f}' if done else '-'} | {ratio} | {r['timeouts'] or ''} |")
     return "\n".join(lines)
 
 
