@@ -22,6 +22,7 @@ from fairdefense.errors import (
     PluginOptionError,
 )
 from fairdefense.evaluation import evaluate
+from fairdefense.loading import LoadedModel, load_model
 from fairdefense.manager import PluginHost, PluginInfo, list_plugins
 from fairdefense.metrics import ClassReport, ClassStats
 from fairdefense.models import create_model, list_models
@@ -88,6 +89,8 @@ __all__ = [
     # evaluation
     "evaluate",
     "evaluate_checkpoint",
+    "load_model",
+    "LoadedModel",
     "create_model",
     "list_models",
     # data
