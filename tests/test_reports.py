@@ -241,3 +241,11 @@ def test_load_model_gives_the_trained_and_the_averaged_modules_of_the_run(run):
     assert isinstance(loaded, fairdefense.LoadedModel) and loaded.class_names[0] == class_names[0]
     with pytest.raises(ConfigError, match="weights must be 'eval' or 'trained'"):
         fairdefense.load_model(run_dir, weights="ema")
+
+
+def test_json_safe_writes_nan_and_infinities_as_null_throughout():
+    from fairdefense.jsonsafe import json_safe
+
+    value = {"a": float("nan"), "b": [1.5, float("inf"), (float("-inf"), 2)], "c": {"d": "x", "e": 0.0}}
+    assert json.loads(json.dumps(json_safe(value), allow_nan=False)) == {
+        "a": None, "b": [1.5, None, [None, 2]], "c": {"d": "x", "e": 0.0}}

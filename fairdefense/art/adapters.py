@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from fairdefense.inputs import check_inputs
 from fairdefense.models.normalize import Standardize
 
 __all__ = [
+    "class_names_for",
     "ARTParts",
     "InputSpaceModel",
     "unwrap",
@@ -347,3 +348,15 @@ def check_settings(
         "norm": None if norm is None else norm_name(norm),
         "num_random_init": num_random_init,
     }
+
+
+def class_names_for(class_names: Sequence[Any] | None, num_classes: int) -> list[str]:
+    """``class_names`` as strings (``None``: ``"0"``, ``"1"``, ...), checked to name the
+    classifier's ``num_classes`` classes."""
+    names = [str(c) for c in class_names] if class_names is not None else [str(i) for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise ConfigError(
+            f"class_names has {len(names)} names for the classifier's {num_classes} classes; give one name per "
+            f"class, in the order of the classifier's outputs, or leave class_names unset."
+        )
+    return names

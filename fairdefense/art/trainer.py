@@ -26,7 +26,7 @@ from art.defences.trainer.trainer import Trainer as ARTTrainer
 from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
 
-from fairdefense.art.adapters import check_settings, pgd_settings, to_inputs, to_labels, unwrap
+from fairdefense.art.adapters import check_settings, class_names_for, pgd_settings, to_inputs, to_labels, unwrap
 from fairdefense.config import TrainConfig
 from fairdefense.errors import ConfigError
 from fairdefense.manager import PluginHost
@@ -168,11 +168,7 @@ class FairAdversarialTrainer(ARTTrainer):
         cfg.plugin_options = {**cfg.plugin_options, **(plugin_options or {})}
         self.plugins = list(plugins)
         PluginHost(list(cfg.plugins) + self.plugins, cfg.plugin_options)  # refuse bad plugins/options now
-        nb = self.parts.nb_classes
-        names = [str(c) for c in class_names] if class_names is not None else [str(i) for i in range(nb)]
-        if len(names) != nb:
-            raise ConfigError(f"class_names has {len(names)} names for the classifier's {nb} classes.")
-        self.class_names = names
+        self.class_names = class_names_for(class_names, self.parts.nb_classes)
         self.config = cfg
         self.num_random_init = settings["num_random_init"]
         self.nb_epochs = nb_epochs
