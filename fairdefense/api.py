@@ -12,7 +12,7 @@ from fairdefense import distributed
 from fairdefense.config import TrainConfig
 from fairdefense.data import load_dataset
 from fairdefense.errors import ConfigError
-from fairdefense.manager import installed_plugins, plugin_name, plugin_options
+from fairdefense.pluginhost import installed_plugins, plugin_name, plugin_options
 from fairdefense.metrics import ClassReport
 from fairdefense.models import create_model
 from fairdefense.run_folder import RunFolder, load_training_state

@@ -1,7 +1,7 @@
 """Base objectives: PGD-AT, TRADES, MART and FAT, and the objective registry.
 
 An objective computes the *unweighted per-sample* loss terms of one batch and
-returns them, with the logits, as the :class:`~fairdefense.context.BatchOutputs`
+returns them, with the logits, as the :class:`~fairdefense.hookdata.BatchOutputs`
 that the ``reweight`` and ``extra_loss`` hooks receive. Two terms: ``natural``
 (``None`` when the objective has none) and ``robust``; the trainer reduces them as
 ``mean(w_nat * natural) + beta * mean(w_rob * robust)`` (:meth:`Objective.reduce`),
@@ -47,9 +47,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fairdefense.context import BatchOutputs
+from fairdefense.hookdata import BatchOutputs
 from fairdefense.errors import ConfigError, PluginError
-from fairdefense.manager import entry_points, installed, nearest
+from fairdefense.pluginhost import entry_points, installed, nearest
 
 __all__ = [
     "ENTRY_POINT_GROUP",
