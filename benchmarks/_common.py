@@ -15,6 +15,8 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from fairdefense.jsonsafe import json_safe
+
 __all__ = [
     "REPO",
     "DOCS",
@@ -122,15 +124,6 @@ def replace_section(path: Path, name: str, text: str) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write indented JSON (no NaN: it is written as ``null``)."""
-    def clean(obj: Any) -> Any:
-        if isinstance(obj, float) and obj != obj:
-            return None
-        if isinstance(obj, dict):
-            return {k: clean(v) for k, v in obj.items()}
-        if isinstance(obj, (list, tuple)):
-            return [clean(v) for v in obj]
-        return obj
-
+    """Write indented JSON (no NaN or infinity: they are written as ``null``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(clean(data), indent=2, allow_nan=False) + "\n")
+    path.write_text(json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")

@@ -114,7 +114,7 @@ def run(variant: str, seed: int, epochs: int) -> dict:
     trainer = fairdefense.Trainer(model, bundle.train, bundle.class_names, config, test_data=bundle.test,
                                   clip=bundle.clip, dataset_defaults=bundle.defaults, progress=False)
     if override is not None:
-        trainer.objective = override(trainer.config.beta)
+        trainer.objective = override(trainer.config.beta) if override.has_beta else override()
     result = trainer.fit()
     s = result.report.summary()
     return {

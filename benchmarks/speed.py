@@ -51,6 +51,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import fairdefense
 from fairdefense.data import load_dataset
+from fairdefense.reports.markdown import pct
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
@@ -621,10 +622,6 @@ def _f(x: float | None, digits: int = 2) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}"
-
-
 def _met(flag: bool | None) -> str:
     return "-" if flag is None else ("met" if flag else "**missed**")
 
@@ -687,7 +684,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                          f"{pair['speedup']:.2f}x" if pair else "1 (reference)", _met(pair["met"]) if pair else "-",
                          _f(v["accuracy_run_seconds_per_epoch"]),
                          f"{pair['accuracy_run_speedup']:.2f}x" if pair else "-",
-                         _pct(v["clean_avg"]), _pct(v["clean_worst"]), _pct(v["pgd20_avg"]), _pct(v["pgd20_worst"])])
+                         pct(v["clean_avg"]), pct(v["clean_worst"]), pct(v["pgd20_avg"]), pct(v["pgd20_worst"])])
         out.append(_table(["trainer", "s / epoch", "ms / batch", "ART / ours (target >= 2x)", "target",
                            "s / epoch (accuracy run)", "ART / ours (accuracy run)", "clean avg %", "clean worst %",
                            "PGD-20 avg %", "PGD-20 worst %"], rows))

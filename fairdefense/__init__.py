@@ -9,7 +9,7 @@ from fairdefense.api import build_trainer, evaluate_checkpoint, resume, train
 from fairdefense.attacks import AttackRecord, pgd, pgd_early_stop
 from fairdefense.config import TrainConfig
 from fairdefense.data import DatasetBundle, dataset_spec, list_datasets, load_dataset
-from fairdefense.context import BatchInfo, BatchOutputs, EpochInfo, LossWeights, Margins, RunInfo, Selection
+from fairdefense.hookdata import BatchInfo, BatchOutputs, EpochInfo, LossWeights, Margins, RunInfo, Selection
 from fairdefense.errors import (
     ConfigError,
     FairDefenseError,
@@ -22,7 +22,8 @@ from fairdefense.errors import (
     PluginOptionError,
 )
 from fairdefense.evaluation import evaluate
-from fairdefense.manager import PluginHost, PluginInfo, list_plugins
+from fairdefense.loading import LoadedModel, load_model
+from fairdefense.pluginhost import PluginHost, PluginInfo, list_plugins
 from fairdefense.metrics import ClassReport, ClassStats
 from fairdefense.models import create_model, list_models
 from fairdefense.objectives import FAT, MART, PGDAT, TRADES, Objective, ObjectiveInfo, list_objectives, make_objective
@@ -88,6 +89,8 @@ __all__ = [
     # evaluation
     "evaluate",
     "evaluate_checkpoint",
+    "load_model",
+    "LoadedModel",
     "create_model",
     "list_models",
     # data

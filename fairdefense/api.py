@@ -12,7 +12,7 @@ from fairdefense import distributed
 from fairdefense.config import TrainConfig
 from fairdefense.data import load_dataset
 from fairdefense.errors import ConfigError
-from fairdefense.manager import installed_plugins, plugin_name, plugin_options
+from fairdefense.pluginhost import installed_plugins, plugin_name, plugin_options
 from fairdefense.metrics import ClassReport
 from fairdefense.models import create_model
 from fairdefense.run_folder import RunFolder, load_training_state
@@ -78,7 +78,9 @@ def train(
     **settings: Any,
 ) -> TrainResult:
     """Train on a named dataset. ``settings`` override fields of ``config``; ``overwrite``
-    replaces a run already in ``config.out``::
+    replaces a run already in ``config.out``. ``plugins`` (installed names and plugin
+    objects, mixed) is the way to name the run's plugins; names in ``config.plugins`` are
+    the same thing recorded, activated first (docs/plugins.md, "Naming the plugins of a run")::
 
         result = fairdefense.train(plugins=["bat"], epochs=5)
         result.report.summary()["pgd20/robust_acc"]

@@ -30,7 +30,7 @@ Hooks are called with keyword arguments; an implementation may accept any subset
 of a hook's arguments. A hook that returns ``None`` abstains. Implementations are
 called one at a time in activation order; ``@hookimpl(tryfirst=True)`` moves one
 before the unmarked ones, ``trylast=True`` after them (see
-:mod:`fairdefense.manager` for the pluggy options that are refused).
+:mod:`fairdefense.pluginhost` for the pluggy options that are refused).
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
     from fairdefense.attacks import AttackRecord
     from fairdefense.config import TrainConfig
-    from fairdefense.context import (
+    from fairdefense.hookdata import (
         BatchInfo,
         BatchOutputs,
         EpochInfo,

@@ -1,7 +1,7 @@
 """Base objectives: PGD-AT, TRADES, MART and FAT, and the objective registry.
 
 An objective computes the *unweighted per-sample* loss terms of one batch and
-returns them, with the logits, as the :class:`~fairdefense.context.BatchOutputs`
+returns them, with the logits, as the :class:`~fairdefense.hookdata.BatchOutputs`
 that the ``reweight`` and ``extra_loss`` hooks receive. Two terms: ``natural``
 (``None`` when the objective has none) and ``robust``; the trainer reduces them as
 ``mean(w_nat * natural) + beta * mean(w_rob * robust)`` (:meth:`Objective.reduce`),
@@ -47,9 +47,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fairdefense.context import BatchOutputs
+from fairdefense.hookdata import BatchOutputs
 from fairdefense.errors import ConfigError, PluginError
-from fairdefense.manager import entry_points, installed, nearest
+from fairdefense.pluginhost import entry_points, installed, nearest
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -78,9 +78,13 @@ class Objective:
     - ``early_stop``: whether the training attack stops early (FAT's rule, with
       ``config.early_stop_extra_steps`` extra steps) and trains on its stopped iterate.
     - ``beta``: the factor of the robust term.
+    - ``has_beta``: ``False`` for an objective whose robust term has the fixed factor 1
+      (PGD-AT, FAT): it is built without arguments and :func:`make_objective` does not
+      pass it ``beta`` (``config.beta`` is TRADES's and MART's factor).
     """
 
     name: str = ""
+    has_beta: bool = True
     attack_loss: str = "ce"
     random_start: str = "uniform"
     early_stop: bool = False
@@ -120,8 +124,9 @@ class PGDAT(Objective):
     name = "at"
     attack_loss = "ce"
     random_start = "uniform"
+    has_beta = False
 
-    def __init__(self, beta: float = 1.0) -> None:
+    def __init__(self) -> None:
         super().__init__(1.0)
 
     def terms(self, model, x, y, x_adv, x_natural=None) -> BatchOutputs:
@@ -247,7 +252,12 @@ def objective_class(name: str) -> type[Objective]:
 
 
 def make_objective(name: str, beta: float = 6.0) -> Objective:
-    """Build the installed objective ``name`` (``"at"``, ``"trades"``, ``"mart"``, ``"fat"``, ...)."""
+    """Build the installed objective ``name`` (``"at"``, ``"trades"``, ``"mart"``, ``"fat"``, ...).
+
+    ``beta`` is checked, then passed only to an objective with ``has_beta`` (PGD-AT and FAT
+    have none: their robust term's factor is 1, whatever ``beta`` says).
+    """
     if not beta >= 0:
         raise ConfigError(f"beta must be >= 0, got {beta}.")
-    return objective_class(name)(beta)
+    cls = objective_class(name)
+    return cls(beta) if cls.has_beta else cls()

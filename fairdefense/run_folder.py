@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import math
 import os
 import socket
 import tempfile
@@ -41,6 +40,7 @@ from typing import Any
 from fairdefense import distributed
 from fairdefense.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint, write_atomic
 from fairdefense.errors import ConfigError
+from fairdefense.jsonsafe import json_safe
 
 __all__ = ["RunFolder", "REPORT_FILES", "CHECKPOINTS", "LOCK", "load_training_state", "is_training_state", "writable_folder"]
 
@@ -166,7 +166,7 @@ class RunFolder:
         """Create the folder and write ``config.json`` (main process only)."""
         if distributed.is_main():
             self.path.mkdir(parents=True, exist_ok=True)
-            _write_whole(self.config_file, json.dumps(_strict(config), indent=2, default=str, allow_nan=False))
+            _write_whole(self.config_file, json.dumps(json_safe(config), indent=2, default=str, allow_nan=False))
 
     # ------------------------------------------------------------ claim, free
     def open(self, *, resume: bool = False, overwrite: bool = False) -> None:
@@ -250,7 +250,7 @@ class RunFolder:
         if not distributed.is_main():
             return
         lines = [json.dumps(e, allow_nan=False) for e in self.read_history() if int(e["epoch"]) < int(entry["epoch"])]
-        lines.append(json.dumps(_strict(entry), allow_nan=False))
+        lines.append(json.dumps(json_safe(entry), allow_nan=False))
         _write_whole(self.history_file, "\n".join(lines) + "\n")
 
     def save(self, state: dict[str, Any], which: str = "last") -> Path:
@@ -324,17 +324,6 @@ def _stale(holder: dict[str, Any], me: dict[str, Any]) -> bool:
     except PermissionError:
         return False
     return False
-
-
-def _strict(value: Any) -> Any:
-    """``value`` with NaN and infinite floats (nested in dicts and lists) replaced by ``None``."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _strict(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_strict(v) for v in value]
-    return value
 
 
 def _write_whole(path: Path, text: str) -> None:

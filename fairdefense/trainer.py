@@ -33,11 +33,11 @@ from fairdefense import distributed
 from fairdefense.attacks import AttackRecord, global_batch, pgd, pgd_early_stop
 from fairdefense.checkpoint import FORMAT_VERSION, load_checkpoint, rng_state, save_checkpoint, set_rng_state, versions
 from fairdefense.config import TrainConfig, resolve, select_device
-from fairdefense.context import BatchInfo, EpochInfo, Margins, RunInfo
+from fairdefense.hookdata import BatchInfo, EpochInfo, Margins, RunInfo
 from fairdefense.errors import ConfigError, NonFiniteLossError
 from fairdefense.evaluation import evaluate
 from fairdefense.inputs import check_dataset_inputs
-from fairdefense.manager import PluginHost
+from fairdefense.pluginhost import PluginHost
 from fairdefense.metrics import ClassReport, ClassStats, summarize
 from fairdefense.objectives import make_objective
 from fairdefense.splits import validation_split

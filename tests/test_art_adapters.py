@@ -85,7 +85,7 @@ def test_no_preprocessing_gives_the_users_module_and_scalar_clip():
     clf = classifier(preprocessing=None)
     parts = unwrap(clf)
     assert parts.model is clf.model
-    assert parts.clip == (0.0, 1.0) and parts.input_shape == (3, 8, 8) and parts.nb_classes == 10
+    assert parts.clip == (0.0, 1.0) and parts.input_shape == (3, 8, 8) and parts.num_classes == 10
     assert parts.device == torch.device("cpu") and parts.optimizer is clf.optimizer
 
 

@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from fairdefense.hookdoc import BEGIN, END, render_reference
-from fairdefense.manager import HOOK_NAMES
+from fairdefense.pluginhost import HOOK_NAMES
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 

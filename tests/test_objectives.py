@@ -141,6 +141,9 @@ def test_attack_settings_of_each_builtin():
     assert got == {"at": ("ce", "uniform", False), "trades": ("kl", "normal", False),
                    "mart": ("ce", "normal", False), "fat": ("ce", "uniform", True)}
     assert make_objective("at", beta=6.0).beta == 1.0 and make_objective("fat", beta=6.0).beta == 1.0
+    assert tuple(getattr(fairdefense, n).has_beta for n in ("PGDAT", "FAT", "TRADES", "MART")) == (False, False, True, True)
+    with pytest.raises(TypeError):
+        fairdefense.PGDAT(6.0)  # no beta to discard: PGD-AT's robust term has the factor 1
 
 
 # ------------------------------------------------------------------ training

@@ -11,7 +11,7 @@ import torch
 from fairdefense import ConfigError, TrainConfig
 from fairdefense.cli import main
 from fairdefense.cli.recipes import parse_settings
-from fairdefense.manager import list_plugins
+from fairdefense.pluginhost import list_plugins
 from fairdefense.recipes import (
     config_to_toml, list_recipes, load_recipe, recipe_config, resolve_offline, resolve_recipe,
 )

@@ -223,3 +223,29 @@ def test_weak_class_lines_name_where_the_errors_go():
     assert "mostly pushed to dog (3, 75% of its errors), then eel (1, 25% of its errors)." in lines[0]
     assert lines[1].startswith("- **eel** (robust 50.0%, exact 95% interval 6.8-93.2%)") and "pushed to cat (2, 100% of its errors)." in lines[1]
     assert report_from_metrics(m).confusion["pgd20"].tolist() == confusion.tolist()
+
+
+def test_load_model_gives_the_trained_and_the_averaged_modules_of_the_run(run):
+    run_dir, result = run
+    x = fairdefense.data.load_dataset("digits").test[0][0].unsqueeze(0).repeat(4, 1, 1, 1)
+    x = x + 0.01 * torch.arange(4.0).view(4, 1, 1, 1)
+    with torch.no_grad():
+        trained, averaged = result.model.cpu().eval()(x), result.eval_model.cpu().eval()(x)
+    assert not torch.allclose(trained, averaged)  # EMA's weights differ: a swapped choice fails below
+    for weights, expected in (("trained", trained), ("eval", averaged)):
+        model, class_names = fairdefense.load_model(run_dir, weights=weights, device="cpu")
+        assert not model.training and class_names == tuple(fairdefense.dataset_spec("digits").class_names)
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), expected)
+    loaded = fairdefense.load_model(run_dir / "last.pt", "trained", "cpu")
+    assert isinstance(loaded, fairdefense.LoadedModel) and loaded.class_names[0] == class_names[0]
+    with pytest.raises(ConfigError, match="weights must be 'eval' or 'trained'"):
+        fairdefense.load_model(run_dir, weights="ema")
+
+
+def test_json_safe_writes_nan_and_infinities_as_null_throughout():
+    from fairdefense.jsonsafe import json_safe
+
+    value = {"a": float("nan"), "b": [1.5, float("inf"), (float("-inf"), 2)], "c": {"d": "x", "e": 0.0}}
+    assert json.loads(json.dumps(json_safe(value), allow_nan=False)) == {
+        "a": None, "b": [1.5, None, [None, 2]], "c": {"d": "x", "e": 0.0}}

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from fairdefense.inputs import check_inputs
 from fairdefense.models.normalize import Standardize
 
 __all__ = [
+    "class_names_for",
     "ARTParts",
     "InputSpaceModel",
     "unwrap",
@@ -67,7 +68,7 @@ class ARTParts:
     loss: nn.Module
     optimizer: torch.optim.Optimizer | None
     input_shape: tuple[int, ...]
-    nb_classes: int
+    num_classes: int
     clip: tuple | None
     device: torch.device
 
@@ -233,7 +234,7 @@ def unwrap(classifier: Any, training: bool = False) -> ARTParts:
     model = InputSpaceModel(module, steps).to(device) if steps else module
     return ARTParts(
         classifier=classifier, module=module, model=model, loss=classifier.loss, optimizer=classifier.optimizer,
-        input_shape=tuple(classifier.input_shape), nb_classes=int(classifier.nb_classes),
+        input_shape=tuple(classifier.input_shape), num_classes=int(classifier.nb_classes),
         clip=_clip(classifier, device), device=device,
     )
 
@@ -253,21 +254,21 @@ def to_inputs(x: Any, input_shape: tuple[int, ...], what: str = "x", clip: tuple
     return check_inputs(np.ascontiguousarray(arr), clip, what)
 
 
-def to_labels(y: Any, nb_classes: int, n: int | None = None, what: str = "y") -> Tensor:
+def to_labels(y: Any, num_classes: int, n: int | None = None, what: str = "y") -> Tensor:
     """Labels as int64 class indices ``(N,)``, from indices ``(N,)``/``(N, 1)`` or one-hot ``(N, C)``."""
     arr = np.asarray(y)
-    if arr.ndim == 2 and arr.shape[1] == nb_classes and nb_classes > 1:
+    if arr.ndim == 2 and arr.shape[1] == num_classes and num_classes > 1:
         arr = arr.argmax(axis=1)
     elif arr.ndim == 2 and arr.shape[1] == 1:
         arr = arr[:, 0]
     if arr.ndim != 1:
         raise ConfigError(
-            f"{what} has shape {np.asarray(y).shape}; give class indices (N,) or one-hot labels (N, {nb_classes})."
+            f"{what} has shape {np.asarray(y).shape}; give class indices (N,) or one-hot labels (N, {num_classes})."
         )
     if n is not None and len(arr) != n:
         raise ConfigError(f"{what} has {len(arr)} labels for {n} inputs.")
-    if len(arr) and (not np.all(np.mod(arr, 1) == 0) or arr.min() < 0 or arr.max() >= nb_classes):
-        raise ConfigError(f"{what} must hold class indices in 0..{nb_classes - 1}.")
+    if len(arr) and (not np.all(np.mod(arr, 1) == 0) or arr.min() < 0 or arr.max() >= num_classes):
+        raise ConfigError(f"{what} must hold class indices in 0..{num_classes - 1}.")
     return torch.from_numpy(arr.astype(np.int64))
 
 
@@ -347,3 +348,15 @@ def check_settings(
         "norm": None if norm is None else norm_name(norm),
         "num_random_init": num_random_init,
     }
+
+
+def class_names_for(class_names: Sequence[Any] | None, num_classes: int) -> list[str]:
+    """``class_names`` as strings (``None``: ``"0"``, ``"1"``, ...), checked to name the
+    classifier's ``num_classes`` classes."""
+    names = [str(c) for c in class_names] if class_names is not None else [str(i) for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise ConfigError(
+            f"class_names has {len(names)} names for the classifier's {num_classes} classes; give one name per "
+            f"class, in the order of the classifier's outputs, or leave class_names unset."
+        )
+    return names

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from fairdefense.art.adapters import norm_name, to_inputs, to_labels, unwrap
+from fairdefense.art.adapters import class_names_for, norm_name, to_inputs, to_labels, unwrap
 from fairdefense.errors import ConfigError
 from fairdefense.evaluation import evaluate
 from fairdefense.metrics import ClassReport, per_class_accuracy
@@ -53,10 +53,7 @@ def per_class_robustness(
     """
     from art.attacks.attack import EvasionAttack
 
-    nb = int(classifier.nb_classes)
-    names = [str(c) for c in class_names] if class_names is not None else [str(i) for i in range(nb)]
-    if len(names) != nb:
-        raise ConfigError(f"class_names has {len(names)} names for the classifier's {nb} classes.")
+    names = class_names_for(class_names, int(classifier.nb_classes))
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
     if isinstance(attack, EvasionAttack):
@@ -74,7 +71,7 @@ def per_class_robustness(
         )
     parts = unwrap(classifier)
     x_t = to_inputs(x, parts.input_shape)
-    loader = DataLoader(TensorDataset(x_t, to_labels(y, nb, len(x_t))), batch_size=batch_size)
+    loader = DataLoader(TensorDataset(x_t, to_labels(y, len(names), len(x_t))), batch_size=batch_size)
     return evaluate(
         parts.model, loader, names, attacks, eps=float(eps), norm=norm_name(norm), clip=parts.clip,
         device=parts.device, seed=seed,

@@ -26,10 +26,10 @@ from art.defences.trainer.trainer import Trainer as ARTTrainer
 from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
 
-from fairdefense.art.adapters import check_settings, pgd_settings, to_inputs, to_labels, unwrap
+from fairdefense.art.adapters import check_settings, class_names_for, pgd_settings, to_inputs, to_labels, unwrap
 from fairdefense.config import TrainConfig
 from fairdefense.errors import ConfigError
-from fairdefense.manager import PluginHost
+from fairdefense.pluginhost import PluginHost
 from fairdefense.metrics import ClassReport
 from fairdefense.trainer import Trainer, TrainResult
 
@@ -52,8 +52,8 @@ class _KeepLR:
 class _IndexLabels(Dataset):
     """A dataset's samples as float32 inputs and integer class labels (one-hot rows become indices)."""
 
-    def __init__(self, base: Dataset, nb_classes: int) -> None:
-        self.base, self.nb_classes = base, nb_classes
+    def __init__(self, base: Dataset, num_classes: int) -> None:
+        self.base, self.num_classes = base, num_classes
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
@@ -61,7 +61,7 @@ class _IndexLabels(Dataset):
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
         x, y = self.base[i]
         y = torch.as_tensor(y)
-        label = y.argmax() if y.dim() == 1 and y.numel() == self.nb_classes > 1 else y.reshape(())
+        label = y.argmax() if y.dim() == 1 and y.numel() == self.num_classes > 1 else y.reshape(())
         return torch.as_tensor(x, dtype=torch.float32), label.long()
 
 
@@ -168,11 +168,7 @@ class FairAdversarialTrainer(ARTTrainer):
         cfg.plugin_options = {**cfg.plugin_options, **(plugin_options or {})}
         self.plugins = list(plugins)
         PluginHost(list(cfg.plugins) + self.plugins, cfg.plugin_options)  # refuse bad plugins/options now
-        nb = self.parts.nb_classes
-        names = [str(c) for c in class_names] if class_names is not None else [str(i) for i in range(nb)]
-        if len(names) != nb:
-            raise ConfigError(f"class_names has {len(names)} names for the classifier's {nb} classes.")
-        self.class_names = names
+        self.class_names = class_names_for(class_names, self.parts.num_classes)
         self.config = cfg
         self.num_random_init = settings["num_random_init"]
         self.nb_epochs = nb_epochs
@@ -202,7 +198,7 @@ class FairAdversarialTrainer(ARTTrainer):
         Returns the :class:`fairdefense.TrainResult` (history, final report).
         """
         progress = self._progress(kwargs)
-        shape, nb = self.parts.input_shape, self.parts.nb_classes
+        shape, nb = self.parts.input_shape, self.parts.num_classes
         x_t = to_inputs(x, shape, clip=self.parts.clip)
         y_t = to_labels(y, nb, len(x_t))
         test = None
@@ -232,7 +228,7 @@ class FairAdversarialTrainer(ARTTrainer):
                 f"{type(generator).__name__}; or call fit(x, y) with arrays."
             )
         progress = self._progress(kwargs)
-        data = _IndexLabels(generator.iterator.dataset, self.parts.nb_classes)
+        data = _IndexLabels(generator.iterator.dataset, self.parts.num_classes)
         return self._train(data, None, None, generator.batch_size, nb_epochs, scheduler, progress)
 
     def predict(self, x: np.ndarray, **kwargs: Any) -> np.ndarray:

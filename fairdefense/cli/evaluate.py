@@ -43,7 +43,7 @@ def _split(text: str | None) -> list[str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fairdefense.report import format_report
+    from fairdefense.textreport import format_report
     from fairdefense.reports import evaluate_run, report_from_metrics
     from fairdefense.reports.schema import eps_text
 

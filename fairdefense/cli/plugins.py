@@ -112,7 +112,7 @@ def print_listing(infos: Sequence, what: str, filter: str | None, detail: Callab
 def run(args: argparse.Namespace) -> int:
     from importlib.metadata import entry_points
 
-    from fairdefense.manager import ENTRY_POINT_GROUP, list_plugins
+    from fairdefense.pluginhost import ENTRY_POINT_GROUP, list_plugins
 
     def detail(info) -> str:
         text = f"hooks: {', '.join(info.hooks)}"

@@ -142,7 +142,7 @@ def _run(args: argparse.Namespace) -> int:
     from fairdefense import distributed
     from fairdefense.api import build_trainer, default_run_dir, resume
     from fairdefense.cli._settings import print_resolved
-    from fairdefense.report import format_report
+    from fairdefense.textreport import format_report
 
     if not args.dry_run:
         distributed.init_from_env(args.dist_backend, args.dist_timeout)

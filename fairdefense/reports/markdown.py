@@ -14,9 +14,11 @@ _STATS = ("avg", "worst", "best", "gap", "std")
 WEAK_CLASSES = 3
 
 
-def pct(value: float | None, digits: int = 1) -> str:
-    """A fraction as a percentage string; ``None`` (no samples) as ``"n/a"``."""
-    return "n/a" if value is None else f"{100 * value:.{digits}f}"
+def pct(value: float | None, digits: int = 1, width: int = 0) -> str:
+    """A fraction as a percentage string, right-aligned in ``width`` characters; ``None`` (no samples) as ``"n/a"``.
+
+    The one percentage formatter of the text, Markdown and benchmark reports."""
+    return f"{'n/a':>{width}}" if value is None else f"{100 * value:{width}.{digits}f}"
 
 
 def pct_ci(value: float | None, ci: Sequence[float | None] | None, digits: int = 1) -> str:

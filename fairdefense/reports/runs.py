@@ -144,10 +144,8 @@ def evaluate_run(
     from fairdefense.config import TrainConfig, select_device
     from fairdefense.data import load_dataset
     from fairdefense.evaluation import evaluate
-    from fairdefense.models import create_model
+    from fairdefense.loading import model_from_state
 
-    if weights not in ("eval", "trained"):
-        raise ConfigError(f"weights must be 'eval' or 'trained', got {weights!r}.")
     for name, value, low in (("n_samples", n_samples, 1), ("batch_size", batch_size, 1)):
         if value is not None and not value >= low:
             raise ConfigError(f"{name} must be >= {low}, got {value}; leave it unset for the default.")
@@ -160,17 +158,16 @@ def evaluate_run(
     config = state["config"]
     run = TrainConfig.from_dict(config)
     meta = state["data"]
-    if "dataset" not in meta or "model" not in meta:
+    if "dataset" not in meta:
+        own, load = ("data", f"model, class_names = fairdefense.load_model({str(ckpt)!r})") if "model" in meta else (
+            "data and a model", f"load its weights into your model (fairdefense.trainer.load_weights(model, {str(ckpt)!r}))")
         raise ConfigError(
-            f"{str(ckpt)!r} was trained from Python on data and a model of your own (no dataset or model name "
-            f"recorded), so it cannot be rebuilt here. Evaluate it from Python: load its weights into your model "
-            f"(fairdefense.trainer.load_weights(model, {str(ckpt)!r})), then call fairdefense.evaluate(model, test_batches, "
+            f"{str(ckpt)!r} was trained from Python on {own} of your own (no dataset name recorded), so it cannot "
+            f"be evaluated here. Evaluate it from Python: {load}, then call fairdefense.evaluate(model, test_batches, "
             f"class_names, attacks, eps=..., clip=...); or train with a named dataset (fairdefense.train) to "
             f"evaluate from the command line."
         )
-    model = create_model(meta["model"], len(meta["class_names"]), tuple(meta["input_shape"]), meta["mean"], meta["std"])
-    chosen = state["eval_model"] if weights == "eval" and state["eval_model"] is not None else state["model"]
-    model.load_state_dict(chosen)
+    model = model_from_state(state, weights, str(ckpt)).model
     dev = select_device(device)
     data = load_dataset(meta["dataset"], run.data_dir, fold=run.fold).test
     if n_samples is not None:

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from fairdefense.errors import ConfigError
+from fairdefense.jsonsafe import json_safe
 from fairdefense.evaluation import AUTOATTACK, attack_settings
 from fairdefense.metrics import WORST_CASE, ClassReport
 from fairdefense.stats import BOOTSTRAP_SEED, LEVEL, RESAMPLES, bootstrap_summaries, class_intervals
@@ -74,17 +75,6 @@ def _tensor(values: Sequence[float | None]) -> Tensor:
     return torch.tensor([math.nan if v is None else v for v in values], dtype=torch.float64)
 
 
-def _finite(obj: Any) -> Any:
-    """NaN -> ``None`` throughout (JSON has no NaN)."""
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def correct_counts(acc: Sequence[float | None], counts: Sequence[int]) -> list[int]:
     """Per-class numbers of correct samples from accuracies and sample counts (a class
     without samples: 0)."""
@@ -113,7 +103,7 @@ def add_intervals(metrics: dict[str, Any]) -> dict[str, Any]:
     _with_intervals(metrics["clean"], "acc", counts, "acc")
     for entry in metrics["attacks"].values():
         _with_intervals(entry, "robust_acc", counts, "robust_acc")
-    return _finite(metrics)
+    return json_safe(metrics)
 
 
 def eps_text(eps: float) -> str:
@@ -198,7 +188,7 @@ def build_metrics(
         "attacks": entries,
         "losses": {k: _values(v) for k, v in report.losses.items()},
     }
-    return add_intervals(_finite(json.loads(json.dumps(metrics, default=str))))
+    return add_intervals(json_safe(json.loads(json.dumps(metrics, default=str))))
 
 
 def report_from_metrics(metrics: Mapping[str, Any]) -> ClassReport:

@@ -352,7 +352,7 @@ def test_specname_implements_the_named_hook_and_is_not_taken_for_a_typo():
 
     _, robust = PluginHost([Named()]).reweight(FakeBatch(), outputs=None)
     torch.testing.assert_close(robust, torch.full((3,), 4.0))
-    from fairdefense.manager import _hooks_of
+    from fairdefense.pluginhost import _hooks_of
 
     assert _hooks_of(Named) == ("reweight",)  # what 'fairdefense plugins' lists
     with pytest.raises(PluginError, match="implements no hook"):  # inactive_hooks reads the hook's name

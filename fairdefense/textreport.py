@@ -4,14 +4,11 @@ from __future__ import annotations
 from torch import Tensor
 
 from fairdefense.metrics import ClassReport
+from fairdefense.reports.markdown import pct
 from fairdefense.reports.schema import correct_counts
 from fairdefense.stats import LEVEL, RESAMPLES, bootstrap_summaries, clopper_pearson
 
 __all__ = ["format_report"]
-
-
-def _pct(v: float) -> str:
-    return f"{100 * v:6.1f}"
 
 
 def _interval_line(label: str, acc: Tensor, report: ClassReport) -> str:
@@ -23,9 +20,9 @@ def _interval_line(label: str, acc: Tensor, report: ClassReport) -> str:
     weak = min(present, key=lambda c: acc[c].item())
     lo, hi = clopper_pearson(correct[weak], counts[weak])
     avg = sum(acc[c].item() for c in present) / len(present)
-    return (f"{label:<22} avg {100 * avg:5.1f} [{100 * boot['avg'][0]:5.1f}, {100 * boot['avg'][1]:5.1f}]   "
-            f"worst {100 * acc[weak].item():5.1f} [{100 * boot['worst'][0]:5.1f}, {100 * boot['worst'][1]:5.1f}]   "
-            f"(class {report.class_names[weak]}: exact {100 * lo:.1f}-{100 * hi:.1f})")
+    return (f"{label:<22} avg {pct(avg, width=5)} [{pct(boot['avg'][0], width=5)}, {pct(boot['avg'][1], width=5)}]   "
+            f"worst {pct(acc[weak].item(), width=5)} [{pct(boot['worst'][0], width=5)}, {pct(boot['worst'][1], width=5)}]   "
+            f"(class {report.class_names[weak]}: exact {pct(lo)}-{pct(hi)})")
 
 
 def format_report(report: ClassReport, title: str = "") -> str:
@@ -39,8 +36,8 @@ def format_report(report: ClassReport, title: str = "") -> str:
     lines = [title] if title else []
     lines += ["Per-class accuracy (%)", head, "-" * len(head)]
     for c, name in enumerate(report.class_names):
-        row = f"{name:<{width}} {int(report.counts[c]):>5} {_pct(report.clean_acc[c].item())} "
-        row += " ".join(f"{_pct(report.robust_acc[a][c].item()):>10}" for a in attacks)
+        row = f"{name:<{width}} {int(report.counts[c]):>5} {pct(report.clean_acc[c].item(), width=6)} "
+        row += " ".join(f"{pct(report.robust_acc[a][c].item(), width=6):>10}" for a in attacks)
         lines.append(row)
     lines += ["", "Fairness summary (error %, over classes)", f"{'quantity':<28} {'avg':>6} {'worst':>6} {'best':>6} {'gap':>6} {'std':>6}"]
     s = report.summary()
@@ -48,7 +45,7 @@ def format_report(report: ClassReport, title: str = "") -> str:
     for a in attacks:
         rows += [(f"{a} boundary error", s[f"{a}/boundary_error"]), (f"{a} robust error", s[f"{a}/robust_error"])]
     for label, v in rows:
-        lines.append(f"{label:<28} " + " ".join(_pct(v[k]) for k in ("avg", "worst", "best", "gap", "std")))
+        lines.append(f"{label:<28} " + " ".join(pct(v[k], width=6) for k in ("avg", "worst", "best", "gap", "std")))
     lines += ["", f"Accuracy (%) with {100 * LEVEL:.0f}% intervals over the test samples "
                   f"(stratified bootstrap, {RESAMPLES} resamples)"]
     lines.append(_interval_line("clean", report.clean_acc, report))

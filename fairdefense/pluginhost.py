@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from fairdefense import hookspecs
-from fairdefense.context import LossWeights, Margins, Selection
+from fairdefense.hookdata import LossWeights, Margins, Selection
 from fairdefense.errors import FairDefenseError, HookReturnError, PluginError, PluginNotFoundError, PluginOptionError
 from fairdefense.hookspecs import HOOK_NAMES
 from fairdefense.listing import matches
@@ -36,7 +36,7 @@ from fairdefense.plugin import FairnessPlugin
 
 if TYPE_CHECKING:
     from fairdefense.attacks import AttackRecord
-    from fairdefense.context import BatchInfo, BatchOutputs, EpochInfo, RunInfo
+    from fairdefense.hookdata import BatchInfo, BatchOutputs, EpochInfo, RunInfo
     from fairdefense.metrics import ClassStats
 
 __all__ = [
