@@ -82,8 +82,9 @@ class TrainConfig:
             raise ConfigError(f"unknown setting(s) {sorted(unknown)}; valid settings: {sorted(names)}.")
         values = dict(data)
         for key in ("milestones", "eval_attacks", "plugins", "loggers"):
-            if values.get(key) is not None:
-                values[key] = tuple(values[key])
+            value = values.get(key)
+            if value is not None:  # one name given alone (--set plugins=bat) is a list of one
+                values[key] = (value,) if isinstance(value, (str, int, float)) else tuple(value)
         return cls(**values)
 
 

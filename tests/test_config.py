@@ -28,3 +28,9 @@ def test_negative_workers_refused():
     with pytest.raises(ConfigError, match=r"workers must be >= 0 .*got -1"):
         resolve(TrainConfig(workers=-1), {}, {}, (0.0, 1.0))
     assert resolve(TrainConfig(workers=0), {}, {}, (0.0, 1.0)).workers == 0
+
+
+def test_a_single_name_is_a_list_of_one():
+    config = TrainConfig.from_dict({"plugins": "bat", "eval_attacks": "pgd20", "milestones": 0.5})
+    assert config.plugins == ("bat",) and config.eval_attacks == ("pgd20",) and config.milestones == (0.5,)
+    assert TrainConfig.from_dict({"plugins": ["bat", "ema"]}).plugins == ("bat", "ema")
