@@ -55,6 +55,7 @@ CASES = {
     "wat": ({}, ["wat"]),
     "ema": ({"select_best": True}, ["ema"]),
     "awp": ({}, ["awp"]),
+    "dafa": ({"objective": "trades", "plugin_options": {"dafa": {"tau": 1}}}, ["dafa"]),  # weights from epoch 1's stats
 }
 ATOL, RTOL = 1e-6, 1e-5
 
@@ -83,6 +84,19 @@ class Interrupt(FairnessPlugin):
     def on_epoch_start(self, epoch):
         if epoch.epoch == self.options.at:
             raise KeyboardInterrupt
+
+
+class ProbSums(FairnessPlugin):
+    """Keeps every epoch's ``ClassStats.robust_prob_sums`` as the hook receives it (changes nothing)."""
+
+    name = "prob-sums"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sums: list[torch.Tensor] = []
+
+    def on_epoch_end(self, epoch, train_stats):
+        self.sums.append(train_stats.robust_prob_sums.cpu().clone())
 
 
 class Poisoned(TensorDataset):
@@ -146,9 +160,15 @@ def art_weights() -> dict:
     return {k: v.clone() for k, v in net.state_dict().items()}
 
 
+def run_case(case: str, root: Path) -> dict:
+    """One case's summary and the class-probability sums its plugins received, per epoch."""
+    sums = ProbSums()
+    return {**summary(*fit(trainer(case, root / case, [sums]))), "prob_sums": sums.sums}
+
+
 def run_all(root: Path) -> dict:
     """Every case, the ART adapter, the interrupted + resumed run and the NaN run, in this process's group."""
-    out = {case: summary(*fit(trainer(case, root / case))) for case in CASES}
+    out = {case: run_case(case, root) for case in CASES}
     out["art"] = art_weights()
     interrupted = trainer("at", root / "resumed", [Interrupt(at=1)])
     with pytest.raises(KeyboardInterrupt):
@@ -289,6 +309,31 @@ def test_train_stats_validation_and_test_reports_equal_the_one_process_ones(grou
                 for k, v in one[split]["losses"].items():  # float32 per-sample losses (KL: a difference of logs)
                     assert v == pytest.approx(two[split]["losses"][k], rel=1e-5, abs=1e-6)
     assert single[case]["best_epoch"] == rank0[case]["best_epoch"]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_the_class_probability_sums_plugins_receive_are_global_and_the_one_process_ones(group, case):
+    single, rank0, rank1, _ = group
+    assert len(rank0[case]["prob_sums"]) == COMMON["epochs"] == len(single[case]["prob_sums"])
+    for one, two, other in zip(single[case]["prob_sums"], rank0[case]["prob_sums"], rank1[case]["prob_sums"]):
+        assert torch.equal(two, other)  # every rank receives the same (all-reduced) sums
+        # each training sample adds one softmax row: all 73 (61 with a validation split), not one rank's share
+        assert round(one.sum().item()) in (61, 73) and two.sum().item() == pytest.approx(one.sum().item(), abs=1e-4)
+        torch.testing.assert_close(two, one, atol=ATOL, rtol=RTOL)
+
+
+def test_dafa_weights_from_the_two_process_statistics_are_the_one_process_ones(group):
+    single, rank0, rank1, _ = group
+    logged = [run["dafa"]["history"][0]["plugins"]["dafa"] for run in (single, rank0, rank1)]
+    weights = [torch.as_tensor(entry["weights"], dtype=torch.float64) for entry in logged]
+    similarity = [torch.as_tensor(entry["similarity"], dtype=torch.float64) for entry in logged]
+    assert "plugins" not in rank0["dafa"]["history"][1]  # computed once, after the warm-up epoch (tau=1)
+    assert (weights[1] - 1).abs().max() > 1e-3  # the weights differ from uniform: epoch 2 tests their wiring
+    sums = rank0["dafa"]["prob_sums"][0].double()
+    torch.testing.assert_close(similarity[1], sums / sums.sum(1, keepdim=True), atol=ATOL, rtol=RTOL)  # mean softmax
+    torch.testing.assert_close(similarity[1], similarity[0], atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(weights[1], weights[0], atol=ATOL, rtol=RTOL)
+    assert torch.equal(weights[1], weights[2])
 
 
 def test_counts_cover_every_sample_once_with_an_empty_last_share(group):
