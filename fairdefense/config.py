@@ -70,8 +70,9 @@ class TrainConfig:
     loggers: tuple[str, ...] = ()
 
     def validation_attack(self) -> str:
-        """The validation split's attack name, ``f"{val_attack}{val_steps}"`` (a resolved config)."""
-        return f"{self.val_attack}{self.val_steps}"
+        """The validation split's attack name, ``f"{val_attack}{val_steps}"`` (unset: the defaults')."""
+        family = DEFAULTS["val_attack"] if self.val_attack is None else self.val_attack
+        return f"{family}{DEFAULTS['val_steps'] if self.val_steps is None else self.val_steps}"
 
     def explicit(self) -> set[str]:
         """Names of the fields the user set (not ``None``)."""

@@ -28,3 +28,10 @@ def test_negative_workers_refused():
     with pytest.raises(ConfigError, match=r"workers must be >= 0 .*got -1"):
         resolve(TrainConfig(workers=-1), {}, {}, (0.0, 1.0))
     assert resolve(TrainConfig(workers=0), {}, {}, (0.0, 1.0)).workers == 0
+
+
+def test_validation_attack_is_the_family_and_the_steps():
+    assert resolve(TrainConfig(), {}, {}, (0.0, 1.0)).validation_attack() == "pgd10"
+    assert resolve(TrainConfig(val_steps=3), {}, {"val_attack": "trades"}, (0.0, 1.0)).validation_attack() == "trades3"
+    with pytest.raises(ConfigError, match="val_attack must be one of \\['cw', 'pgd', 'trades'\\].*got 'kl'"):
+        resolve(TrainConfig(val_attack="kl"), {}, {}, (0.0, 1.0))
