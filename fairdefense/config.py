@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import torch
 
 from fairdefense.errors import ConfigError
+from fairdefense.evaluation import ATTACK_FAMILIES
 
 __all__ = ["TrainConfig", "DEFAULTS", "resolve", "select_device"]
 
@@ -47,6 +48,7 @@ class TrainConfig:
     attack_mode: str | None = None
     val_size: float | None = None
     val_steps: int | None = None
+    val_attack: str | None = None  # attack family of the validation split ("pgd", "cw", "trades"), val_steps steps
     validate_first: bool | None = None
     eval_attacks: tuple[str, ...] | None = None
     eval_every: int | None = None
@@ -66,6 +68,11 @@ class TrainConfig:
     plugins: tuple[str, ...] = ()
     plugin_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     loggers: tuple[str, ...] = ()
+
+    def validation_attack(self) -> str:
+        """The validation split's attack name, ``f"{val_attack}{val_steps}"`` (unset: the defaults')."""
+        family = DEFAULTS["val_attack"] if self.val_attack is None else self.val_attack
+        return f"{family}{DEFAULTS['val_steps'] if self.val_steps is None else self.val_steps}"
 
     def explicit(self) -> set[str]:
         """Names of the fields the user set (not ``None``)."""
@@ -108,6 +115,7 @@ DEFAULTS: dict[str, Any] = {
     "attack_mode": "eval",
     "val_size": 0.1,
     "val_steps": 10,
+    "val_attack": "pgd",
     "validate_first": False,
     "eval_attacks": ("pgd20",),
     "eval_every": 1,
@@ -217,6 +225,11 @@ def _check(c: TrainConfig, clip: tuple | None) -> None:
         raise ConfigError(
             f"attack_mode must be 'eval' (attack with BatchNorm's running statistics, no update) or 'train' "
             f"(batch statistics; the attack's forwards update the running statistics), got {c.attack_mode!r}."
+        )
+    if c.val_attack not in ATTACK_FAMILIES:
+        raise ConfigError(
+            f"val_attack must be one of {sorted(ATTACK_FAMILIES)} (the validation attack's family, run for val_steps "
+            f"steps: 'pgd' CE-PGD, 'cw' the CW margin, 'trades' TRADES's KL attack), got {c.val_attack!r}."
         )
     if c.early_stop_extra_steps < 0:
         raise ConfigError(f"early_stop_extra_steps must be >= 0, got {c.early_stop_extra_steps}.")

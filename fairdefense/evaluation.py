@@ -1,9 +1,11 @@
 """Per-class evaluation of a model under attacks, streamed batch by batch.
 
 Attack names: ``"pgdK"`` (K steps of CE-PGD, step ``eps/4``, uniform random
-start), ``"cwK"`` (K steps of PGD on the CW margin loss, same step and start) and
+start), ``"cwK"`` (K steps of PGD on the CW margin loss, same step and start),
+``"tradesK"`` (K steps of TRADES's attack: ascent of ``KL(f(x) || f(x'))``, step
+``eps/4``, from ``x + 0.001 N(0, I)``; WAT's code validates with it) and
 ``"autoattack"`` (AutoAttack's standard version, or its reduced set below 10
-classes; see :mod:`fairdefense.autoattack`). ``"pgdK-any"`` and ``"cwK-any"`` run
+classes; see :mod:`fairdefense.autoattack`). ``"pgdK-any"``, ``"cwK-any"`` and ``"tradesK-any"`` run
 the same PGD but score a sample as robust only if *every* iterate (the start and
 each step) is classified correctly: a sample is frozen at its first successful
 iterate, as FAAL's evaluator does, so the figure is the worst case over iterates.
@@ -32,7 +34,9 @@ from fairdefense.metrics import WORST_CASE, ClassReport
 __all__ = ["evaluate", "parse_attack", "scores_any_iterate", "attack_settings", "ATTACK_FAMILIES", "AUTOATTACK", "ANY_ITERATE"]
 
 #: Attack families: name prefix -> attack loss; the suffix is the number of steps.
-ATTACK_FAMILIES = {"pgd": "ce", "cw": "cw"}
+ATTACK_FAMILIES = {"pgd": "ce", "cw": "cw", "trades": "kl"}
+#: Random start of each attack loss: TRADES's small Gaussian for the KL attack, uniform in the ball otherwise.
+_STARTS = {"ce": "uniform", "cw": "uniform", "kl": "normal"}
 #: Name of the AutoAttack entry in a report.
 AUTOATTACK = "autoattack"
 #: Suffix of a PGD/CW attack name scored on its worst iterate (``"pgd20-any"``).
@@ -40,14 +44,16 @@ ANY_ITERATE = "-any"
 
 
 def parse_attack(name: str) -> tuple[str, int]:
-    """``"pgd20"`` (or ``"pgd20-any"``) -> ``("ce", 20)``, ``"autoattack"`` -> ``("autoattack", 0)``;
+    """``"pgd20"`` (or ``"pgd20-any"``) -> ``("ce", 20)``, ``"trades10"`` -> ``("kl", 10)``,
+    ``"autoattack"`` -> ``("autoattack", 0)``;
     raises ``ConfigError`` naming the valid forms."""
     if name == AUTOATTACK:
         return AUTOATTACK, 0
     m = re.fullmatch(r"([a-z]+)(\d+)(-any)?", name)
     if not m or m.group(1) not in ATTACK_FAMILIES or int(m.group(2)) < 1:
         raise ConfigError(
-            f"unknown attack {name!r}; use 'pgdK' or 'cwK' with K >= 1 steps (e.g. pgd20, cw20), the same with "
+            f"unknown attack {name!r}; use 'pgdK', 'cwK' or 'tradesK' with K >= 1 steps (e.g. pgd20, cw20, trades10), "
+            f"the same with "
             f"'{ANY_ITERATE}' to score the worst iterate (e.g. pgd20{ANY_ITERATE}), or 'autoattack'."
         )
     return ATTACK_FAMILIES[m.group(1)], int(m.group(2))
@@ -66,8 +72,8 @@ def attack_settings(
     if loss == AUTOATTACK:
         return {"kind": AUTOATTACK, "eps": eps, "norm": norm, "package": import_autoattack()[1],
                 **plan_autoattack(num_classes, autoattack).to_dict()}
-    return {"kind": "pgd", "loss": loss, "steps": steps, "eps": eps, "step_size": eps / 4,
-            "random_start": "uniform", "norm": norm, "scored": "any iterate" if scores_any_iterate(name) else "final iterate"}
+    start = {"random_start": _STARTS[loss], **({"sigma": 0.001} if _STARTS[loss] == "normal" else {})}
+    return {"kind": "pgd", "loss": loss, "steps": steps, "eps": eps, "step_size": eps / 4, **start, "norm": norm, "scored": "any iterate" if scores_any_iterate(name) else "final iterate"}
 
 
 @torch.no_grad()
@@ -131,9 +137,10 @@ def evaluate(
                     x_adv = runner(x, y)
                 elif scores_any_iterate(name):
                     x_adv = pgd_early_stop(model, x, y, eps, eps / 4, steps, extra_steps=0, norm=norm, loss=loss,
-                                           clip=clip, generator=generator).x_first_wrong
+                                           random_start=_STARTS[loss], clip=clip, generator=generator).x_first_wrong
                 else:
-                    x_adv = pgd(model, x, y, eps, eps / 4, steps, norm=norm, loss=loss, clip=clip, generator=generator)
+                    x_adv = pgd(model, x, y, eps, eps / 4, steps, norm=norm, loss=loss, random_start=_STARTS[loss],
+                                clip=clip, generator=generator)
                 adv_logits = model(x_adv)
                 pred = adv_logits.argmax(1)
                 ok = pred == y

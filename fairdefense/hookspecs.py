@@ -149,10 +149,12 @@ def on_validation(epoch: "EpochInfo", report: "ClassReport") -> None:
     (that report is logged as ``val_before`` in the first line of ``metrics.jsonl``).
 
     Receives: ``report``, a :class:`~fairdefense.metrics.ClassReport` with per-class
-    clean and PGD accuracy (``config.val_steps`` steps of CE-PGD at the base radius,
-    step ``eps/4``, random start) and the per-class mean losses
+    clean and robust accuracy under the validation attack ``config.validation_attack()``
+    (``config.val_steps`` steps of the ``config.val_attack`` family at the base radius,
+    step ``eps/4``: CE-PGD from a uniform start by default, TRADES's KL attack from
+    ``x + 0.001 N(0, I)`` when WAT asks for ``"trades"``) and the per-class mean losses
     ``report.losses["clean_ce"]``, ``["adv_ce"]`` and ``["kl"]`` (TRADES's
-    ``KL(f(x) || f(x_adv))``).
+    ``KL(f(x) || f(x_adv))``) on that attack's examples.
 
     Distributed: global. The split is sharded across the processes and the per-class
     counts and loss sums are summed before any rate is formed: every process sees

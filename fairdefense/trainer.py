@@ -476,7 +476,7 @@ class Trainer:
 
     def _validate(self, info: EpochInfo) -> ClassReport:
         """The per-class validation report, computed once and handed to every ``on_validation``."""
-        report = self._evaluate(self.model, self.val_data, [f"pgd{self.config.val_steps}"], losses=True)
+        report = self._evaluate(self.model, self.val_data, [self.config.validation_attack()], losses=True)
         self.host.notify("on_validation", epoch=info, report=report)
         return report
 
@@ -581,9 +581,9 @@ class Trainer:
         self._eval_state = self.host.weights_to_evaluate(info)
         if report is not None and c.select_best:
             if self._eval_state is not None:  # score the weights that would be exported
-                report = self._evaluate(self._eval_module(), self.val_data, [f"pgd{c.val_steps}"])
+                report = self._evaluate(self._eval_module(), self.val_data, [c.validation_attack()])
                 entry["val_eval_weights"] = report.to_dict()
-            acc = summarize(report.robust_acc[f"pgd{c.val_steps}"], False)
+            acc = summarize(report.robust_acc[c.validation_attack()], False)
             entry["val_score"] = acc["avg"] + acc["worst"]
         last = epoch + 1 == c.epochs
         if self.test_data is not None and ((c.eval_every and (epoch + 1) % c.eval_every == 0) or last):

@@ -181,7 +181,7 @@ class CFA(fairdefense.FairnessPlugin):
         """FAWA: fold the trained weights into the average if the worst class passes the threshold."""
         if epoch.epoch < self.options.fawa_begin:
             return
-        worst = report.summary()[f"pgd{epoch.run.config.val_steps}/robust_acc"]["worst"]
+        worst = report.summary()[f"{epoch.run.config.validation_attack()}/robust_acc"]["worst"]
         if worst >= self.options.threshold:
             self._average.update(epoch.model.state_dict())
 

@@ -20,8 +20,13 @@ Algorithm, as the authors' code runs it (TRADES from scratch):
   validation samples. The costs are summed over epochs (``S``) and the weights become
   ``w = C * softmax(eta * S)`` over the ``C + 1`` entries (Hedge / exponentiated
   gradient with learning rate ``eta``; they sum to ``C``, not ``C + 1``).
+- Validation attack (``val_attack = "code"``, the default): as the code, TRADES's KL
+  attack (``val_steps`` steps from ``x + 0.001 N(0, I)``, evaluation family
+  ``tradesK``); CE and KL are measured on its examples. ``val_attack = "trainer"``
+  leaves the trainer's validation attack (CE-PGD unless set otherwise), the KL term
+  then being measured on CE-PGD examples.
 
-Hooks: ``configure`` (TRADES, beta, validation steps/size), ``on_validation`` (the
+Hooks: ``configure`` (TRADES, beta, validation attack/steps/size), ``on_validation`` (the
 Hedge update), ``reweight``, ``plugin_state`` / ``load_plugin_state`` (cumulative cost
 and weights).
 
@@ -33,14 +38,9 @@ batch 128, eps 0.031, step 0.007, 10 steps - trainer settings, not forced here.
 
 Deviations and why:
 
-- Validation attack: the code attacks the validation split with TRADES's KL attack
-  (10 steps of 0.007 from ``x + 0.001 N(0, I)``) and measures CE and KL on those
-  examples. This plugin reads the trainer's shared validation report, whose
-  adversarial examples come from CE-PGD (``val_steps`` steps, step eps/4, uniform
-  random start): the KL term is ``KL(f(x) || f(x_adv))`` on CE-PGD examples. The
-  trainer computes one validation attack per epoch for all plugins (FRL, FAWA,
-  best-checkpoint selection read the same report); a second, KL attack would need
-  the validation data inside the plugin.
+- Validation attack step: the code's KL attack steps by the training step (0.007 at
+  eps 0.031, i.e. eps/4.4); the evaluation family ``tradesK`` steps by ``eps/4``
+  like every evaluation attack (0.00775 at that radius).
 - Exact means: the code divides the per-class sums by ``(number of batches) x
   batch_size`` and multiplies by ``C``, which equals the per-class mean only when
   the last validation batch is full (CIFAR-10: 3,072 instead of 3,000, so every
@@ -79,6 +79,7 @@ class WAT(fairdefense.FairnessPlugin):
         beta: float = 6.0
         val_steps: int = 10
         val_size: float | None = None
+        val_attack: str = "code"
 
         def __post_init__(self) -> None:
             check_options("wat", self, [
@@ -86,6 +87,8 @@ class WAT(fairdefense.FairnessPlugin):
                 (self.beta >= 0.0, "beta", ">= 0"),
                 (self.val_steps >= 1, "val_steps", ">= 1"),
                 (self.val_size is None or self.val_size > 0, "val_size", "> 0 (a count per class or a fraction)"),
+                (self.val_attack in ("code", "trainer"), "val_attack",
+                 "'code' (TRADES's KL attack, as the authors' code) or 'trainer' (the trainer's validation attack)"),
             ])
 
     def __init__(self, **options: Any) -> None:
@@ -105,9 +108,12 @@ class WAT(fairdefense.FairnessPlugin):
 
     # ------------------------------------------------------------- hooks
     def configure(self, config: "fairdefense.TrainConfig", run: "fairdefense.RunInfo") -> dict[str, Any]:
-        """TRADES with WAT's beta and a ``val_steps``-step validation split."""
+        """TRADES with WAT's beta and a ``val_steps``-step validation split, attacked with
+        TRADES's KL attack unless ``val_attack = "trainer"``."""
         self._reset(run.num_classes)
         required: dict[str, Any] = {"objective": "trades", "beta": self.options.beta, "val_steps": self.options.val_steps}
+        if self.options.val_attack == "code":
+            required["val_attack"] = "trades"
         if self.options.val_size is not None:
             required["val_size"] = self.options.val_size
         return required

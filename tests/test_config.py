@@ -34,3 +34,10 @@ def test_a_single_name_is_a_list_of_one():
     config = TrainConfig.from_dict({"plugins": "bat", "eval_attacks": "pgd20", "milestones": 0.5})
     assert config.plugins == ("bat",) and config.eval_attacks == ("pgd20",) and config.milestones == (0.5,)
     assert TrainConfig.from_dict({"plugins": ["bat", "ema"]}).plugins == ("bat", "ema")
+
+
+def test_validation_attack_is_the_family_and_the_steps():
+    assert resolve(TrainConfig(), {}, {}, (0.0, 1.0)).validation_attack() == "pgd10"
+    assert resolve(TrainConfig(val_steps=3), {}, {"val_attack": "trades"}, (0.0, 1.0)).validation_attack() == "trades3"
+    with pytest.raises(ConfigError, match="val_attack must be one of \\['cw', 'pgd', 'trades'\\].*got 'kl'"):
+        resolve(TrainConfig(val_attack="kl"), {}, {}, (0.0, 1.0))

@@ -86,6 +86,40 @@ def test_pgd20_and_cw20_equal_a_reference_loop_with_the_same_random_start(digits
     assert 0 < acc.mean() < report.clean_acc.mean() and acc.max() - acc.min() > 0.2
 
 
+def test_trades_attack_equals_a_reference_kl_loop_from_a_small_gaussian_start(digits_model):
+    model, x, y, names = digits_model
+    recorder = Recorder(model)
+    report = evaluate(recorder, batches(x, y, 50), names, ["trades5"], eps=EPS, seed=4, losses=True)
+    g = torch.Generator().manual_seed(4)
+    ok, ce, kl, adv_ce = [], [], [], []
+    for b, (xb, yb) in enumerate(batches(x, y, 50)):
+        # forwards without grad: the clean batch, the attack's clean probabilities, the final iterate
+        clean, clean_again, ours = recorder.inputs[3 * b:3 * b + 3]
+        torch.testing.assert_close(clean_again, xb, rtol=0, atol=0)
+        with torch.no_grad():
+            p_clean = model(xb).softmax(1)
+        x_adv = (xb + 0.001 * torch.randn(xb.shape, generator=g)).clamp(0, 1)  # TRADES's start, not uniform
+        for _ in range(5):
+            x_adv.requires_grad_(True)
+            q = model(x_adv).log_softmax(1)
+            value = (p_clean * (p_clean.log() - q)).sum()  # KL(f(x) || f(x')), written out
+            (grad,) = torch.autograd.grad(value, x_adv)
+            with torch.no_grad():
+                x_adv = (x_adv + EPS / 4 * grad.sign()).clamp(xb - EPS, xb + EPS).clamp(0, 1)
+        torch.testing.assert_close(ours, x_adv, rtol=0, atol=1e-6)
+        with torch.no_grad():
+            logits, adv_logits = model(xb), model(x_adv)
+        ok.append(adv_logits.argmax(1) == yb)
+        ce.append(F.cross_entropy(logits, yb, reduction="none"))
+        adv_ce.append(F.cross_entropy(adv_logits, yb, reduction="none"))
+        kl.append((p_clean * (p_clean.log() - adv_logits.log_softmax(1))).sum(1))
+    torch.testing.assert_close(report.robust_acc["trades5"], per_class(y, torch.cat(ok)), rtol=0, atol=0)
+    for key, values in (("clean_ce", ce), ("adv_ce", adv_ce), ("kl", kl)):
+        expected = torch.bincount(y, weights=torch.cat(values).double(), minlength=10) / torch.bincount(y, minlength=10)
+        torch.testing.assert_close(report.losses[key], expected, rtol=1e-5, atol=1e-7)
+    assert report.losses["kl"].min() > 0 and 0 < report.robust_acc["trades5"].mean() < report.clean_acc.mean()
+
+
 def test_boundary_error_is_clean_minus_robust_and_worst_case_is_below_every_attack(digits_model):
     model, x, y, names = digits_model
     report = evaluate(model, batches(x, y, 64), names, ["pgd5", "cw5"], eps=EPS, seed=0)
@@ -125,6 +159,7 @@ def test_deterministic_streamed_and_restores_training_mode(digits_model):
 def test_attack_names_and_settings():
     assert parse_attack("pgd20") == ("ce", 20)
     assert parse_attack("cw7") == ("cw", 7)
+    assert parse_attack("trades10") == ("kl", 10) and parse_attack("trades10-any") == ("kl", 10)
     assert parse_attack("autoattack") == ("autoattack", 0)
     for bad in ("pgd0", "fgsm", "autoattack2", "PGD20"):
         with pytest.raises(ConfigError, match="unknown attack"):
@@ -137,6 +172,9 @@ def test_attack_names_and_settings():
     s = attack_settings("cw20", eps=0.2, norm="linf", num_classes=10)
     assert s == {"kind": "pgd", "loss": "cw", "steps": 20, "eps": 0.2, "step_size": 0.05,
                  "random_start": "uniform", "norm": "linf", "scored": "final iterate"}
+    assert attack_settings("trades10", eps=0.2, norm="linf", num_classes=10) == {
+        "kind": "pgd", "loss": "kl", "steps": 10, "eps": 0.2, "step_size": 0.05, "random_start": "normal",
+        "sigma": 0.001, "norm": "linf", "scored": "final iterate"}
     assert attack_settings("cw20-any", eps=0.2, norm="linf", num_classes=10)["scored"] == "any iterate"
     aa = attack_settings("autoattack", eps=8 / 255, norm="linf", num_classes=10)
     assert aa["version"] == "standard" and aa["attacks"] == ["apgd-ce", "apgd-t", "fab-t", "square"]

@@ -110,8 +110,11 @@ def test_weighted_trades_loss_is_the_codes_loss():
 
 def test_configure_requires_trades_beta_and_validation():
     assert WAT(val_size=300).configure(config=fairdefense.TrainConfig(), run=run_info()) == {
-        "objective": "trades", "beta": 6.0, "val_steps": 10, "val_size": 300,
+        "objective": "trades", "beta": 6.0, "val_steps": 10, "val_size": 300, "val_attack": "trades",
     }
+    assert "val_attack" not in WAT(val_attack="trainer").configure(config=fairdefense.TrainConfig(), run=run_info())
+    with pytest.raises(fairdefense.PluginOptionError, match="val_attack"):
+        WAT(val_attack="kl")
 
 
 def test_report_without_losses_is_refused():
@@ -151,6 +154,19 @@ def test_trains_one_epoch_from_python(tiny_config):
     average = (cost * val.counts).sum() / val.counts.sum()
     expected = torch.softmax(0.1 * torch.cat([cost, average.reshape(1)]), 0) * 10
     torch.testing.assert_close(plugin.weights, expected)
+
+
+def test_validates_with_the_codes_kl_attack_unless_told_otherwise(tiny_config):
+    for option, attack in (("code", "trades2"), ("trainer", "pgd2")):
+        result = fairdefense.train(tiny_config, plugins=[WAT(val_steps=2, val_attack=option)], progress=False)
+        assert result.config.validation_attack() == attack
+        assert list(result.history[0]["val"]["robust_acc"]) == [attack]
+
+
+def test_a_validation_attack_the_user_set_conflicts_with_the_codes(tiny_config):
+    config = fairdefense.TrainConfig(**{**tiny_config.to_dict(), "val_attack": "pgd"})
+    with pytest.raises(fairdefense.PluginError, match="'wat' requires val_attack='trades' but it was set to 'pgd'"):
+        fairdefense.train(config, plugins=[WAT(val_steps=2)], progress=False)
 
 
 def test_trains_one_epoch_from_the_cli(tmp_path):
