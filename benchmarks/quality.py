@@ -36,6 +36,7 @@ seeds = 210 runs (42 with AutoAttack): about 15 CPU hours, about 1 hour with
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import statistics
@@ -66,8 +67,10 @@ __all__ = [
     "train_args",
     "is_trained",
     "is_evaluated",
+    "record_machine",
     "run_all",
     "collect",
+    "machines",
     "aggregate",
     "power_table",
     "render_results",
@@ -258,9 +261,11 @@ def is_evaluated(run: Run) -> bool:
 
 def plan(
     names: Sequence[str], seeds: Sequence[int], folds: int, epochs: int, root: Path, *, autoattack_folds: int = 1,
+    autoattack_seeds: Sequence[int] | None = None,
 ) -> list[Run]:
     """The runs for ``names`` x folds x ``seeds``, baselines that fine-tuning rows need added and
-    ordered first; PGD-20 everywhere, AutoAttack too on folds ``0 .. autoattack_folds - 1``."""
+    ordered first; PGD-20 everywhere, AutoAttack too on folds ``0 .. autoattack_folds - 1`` of
+    the ``autoattack_seeds`` (default: every seed)."""
     unknown = [n for n in names if n not in _BY_NAME]
     if unknown:
         raise SystemExit(f"quality.py: unknown configuration(s) {unknown}; choose from {', '.join(_BY_NAME)}.")
@@ -275,7 +280,8 @@ def plan(
     runs = []
     for seed in seeds:
         for fold in range(folds):
-            attacks = ("pgd20", "autoattack") if fold < autoattack_folds else ("pgd20",)
+            with_aa = fold < autoattack_folds and (autoattack_seeds is None or seed in autoattack_seeds)
+            attacks = ("pgd20", "autoattack") if with_aa else ("pgd20",)
             for name in ordered:
                 c = _BY_NAME[name]
                 needs = unit_key(c.init_from, fold, seed) if c.init_from else None
@@ -316,8 +322,20 @@ def _execute(run: Run, env: dict[str, str], logs: Path) -> bool:
             print(f"[quality] {run.key}: {what} failed (exit {done.returncode}); see {logs / f'{run.key}.{what}.log'}",
                   flush=True)
             return False
+        if what == "train":
+            record_machine(run.out)
     print(f"[quality] {run.key}: " + (", ".join(run.log) if run.log else "already done"), flush=True)
     return True
+
+
+def record_machine(folder: Path) -> None:
+    """Append what this machine is (CPU, cores, torch, fairdefense) to ``folder/machine.json``:
+    the suite may train its runs in parts on different machines, and the page says which."""
+    path = folder / "machine.json"
+    history = json.loads(path.read_text()) if path.is_file() else []
+    info = machine_info("cpu")
+    history.append({k: info[k] for k in ("cpu", "usable_cores", "torch", "fairdefense")})
+    write_json(path, history)
 
 
 def run_all(runs: Sequence[Run], jobs: int, logs: Path) -> dict[str, str]:
@@ -386,6 +404,22 @@ def collect(runs: Sequence[Run]) -> dict[str, dict[str, Any]]:
         entry["train_minutes"].append(sum(e["time"] for e in read_history(run.out)) / 60)
     order = [c.name for c in CONFIGS]
     return {name: grouped[name] for name in order if name in grouped}
+
+
+def machines(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """The machines that trained ``runs`` (from each run's ``machine.json``, its last entry):
+    CPU, usable cores, torch and fairdefense versions, with the seeds and the number of runs
+    each trained, in order of first appearance; runs without a record are not counted."""
+    found: dict[tuple, dict[str, Any]] = {}
+    for run in runs:
+        path = run.out / "machine.json"
+        if not path.is_file():
+            continue
+        last = json.loads(path.read_text())[-1]
+        entry = found.setdefault(tuple(sorted(last.items())), {**last, "seeds": set(), "runs": 0})
+        entry["seeds"].add(run.seed)
+        entry["runs"] += 1
+    return [{**e, "seeds": sorted(e["seeds"])} for e in found.values()]
 
 
 def _pooled(units: dict[tuple[int, int], dict[str, Any]], seed: int, folds: int, attack: str) -> dict[str, Any]:
@@ -568,7 +602,9 @@ def render_results(rows: dict[str, dict[str, Any]], runs: Sequence[Run], info: d
         "with the weights a plugin supplies for evaluation (EMA, CFA's FAWA) where there are any. PGD-20: CE loss, "
         "step eps/4, uniform random start, evaluation seed 0, every fold. AutoAttack (the standard version: "
         "APGD-CE, APGD-T and FAB-T with 9 target classes, Square with 5,000 queries) on the first "
-        f"{info['autoattack_folds']} fold(s) of every seed.",
+        f"{info['autoattack_folds']} fold(s) of "
+        + ("every seed." if info["autoattack_seeds"] is None
+           else f"seed(s) {', '.join(map(str, info['autoattack_seeds']))}."),
         "- Figures: per class, then average over the 10 classes and worst class. *Pooled*: the per-class counts "
         "of the folds are summed (each image once) before taking average and worst, per seed; a cell is the mean "
         "± standard deviation (ddof 1) over seeds, or with one seed the value and its 95% stratified bootstrap "
@@ -580,8 +616,11 @@ def render_results(rows: dict[str, dict[str, Any]], runs: Sequence[Run], info: d
         "independent and the test is somewhat liberal (Dietterich 1998; Nadeau & Bengio 2003).",
         f"- Target: raise worst-class robust accuracy (PGD-20, pooled) by at least 10 points over PGD-AT while "
         "losing at most 1 point of average robust accuracy (differences of the means).",
-        f"- Each run: one process, one CPU thread, {info['jobs']} at a time. Machine: {info['machine']['cpu']}, "
-        f"{info['machine']['usable_cores']} cores, torch {info['machine']['torch']}; load average before/after: "
+        "- Each run: one process, one CPU thread, as many at a time as the machine has cores. Trained on: "
+        + ("; ".join(f"{m['cpu']} ({m['usable_cores']} cores), torch {m['torch']}, fairdefense {m['fairdefense']}: "
+                     f"{m['runs']} runs, seed(s) {', '.join(map(str, m['seeds']))}" for m in info["machines"])
+           or "not recorded")
+        + ". Load average of the machine that wrote this page, before/after: "
         + (f"{info['load_before']} / {info['load_after']}." if info["load_before"] is not None
            else "not recorded (page rebuilt with `--aggregate-only`)."),
         "",
@@ -673,6 +712,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", metavar="NAME", help=f"configurations to run: {', '.join(_BY_NAME)}")
     p.add_argument("--autoattack-folds", type=int, default=1,
                    help="AutoAttack on folds 0 .. N-1 of every seed (default 1; 0: PGD-20 only)")
+    p.add_argument("--autoattack-seeds", type=int, nargs="+", metavar="SEED",
+                   help="AutoAttack only on these seeds' first folds (default: every seed)")
     p.add_argument("--alpha", type=float, default=ALPHA, help="significance level of the marks (default 0.05)")
     p.add_argument("--runs", type=Path, default=REPO / "runs" / "quality",
                    help="where the run folders go (default: runs/quality in the repository)")
@@ -687,7 +728,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     names = args.only or [c.name for c in CONFIGS]
-    runs = plan(names, args.seeds, args.folds, args.epochs, args.runs.resolve(), autoattack_folds=args.autoattack_folds)
+    runs = plan(names, args.seeds, args.folds, args.epochs, args.runs.resolve(), autoattack_folds=args.autoattack_folds,
+                autoattack_seeds=args.autoattack_seeds)
     if args.dry_run:
         for run in runs:
             print(shell_line(train_args(run)) + "\n" + shell_line(evaluate_args(run)))
@@ -702,11 +744,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             and set(names) >= set(_BY_NAME) and args.autoattack_folds >= 1 and not failed)
     scope = (f"{args.epochs} epochs, {args.folds} folds, seeds {' '.join(map(str, args.seeds))}, "
              f"configurations {' '.join(dict.fromkeys(r.config.name for r in runs))}, "
-             f"AutoAttack on {args.autoattack_folds} fold(s)")
+             f"AutoAttack on {args.autoattack_folds} fold(s)"
+             + ("" if args.autoattack_seeds is None else f" of seed(s) {' '.join(map(str, args.autoattack_seeds))}"))
     title = (f"Digits, PGD-20 pooled over {args.folds} folds: mean over seeds {', '.join(map(str, args.seeds))} "
              "(bars: 1 std, or 95% bootstrap interval with one seed)")
     info = {"attacks": ("pgd20", "autoattack"), "epochs": args.epochs, "seeds": args.seeds, "folds": args.folds,
-            "autoattack_folds": args.autoattack_folds, "alpha": args.alpha, "jobs": args.jobs, "full": full,
+            "autoattack_folds": args.autoattack_folds, "autoattack_seeds": args.autoattack_seeds,
+            "machines": machines(runs), "alpha": args.alpha, "jobs": args.jobs, "full": full,
             "scope": scope, "full_command": "python benchmarks/quality.py --jobs 16",
             "machine": machine_info("cpu"), "load_before": load_before,
             "load_after": None if args.aggregate_only else load_average(),

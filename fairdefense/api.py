@@ -116,7 +116,13 @@ def resume(
     was given as an object and that is not installed cannot be rebuilt: pass the object
     again in ``plugins`` (its name and options must be the recorded ones); names in
     ``plugins`` are a setting like the others (they must be the run's).
+
+    A run started with ``init`` (``--init CHECKPOINT``) does not read that checkpoint
+    again: its own checkpoint holds the weights, so it resumes after the starting
+    checkpoint was moved or deleted (``config.json`` still records it).
     """
+    from fairdefense.zoo import is_zoo  # lazily, as in build_trainer
+
     distributed.init_from_env()
     checkpoint, _ = RunFolder.resolve(checkpoint)  # a run folder resumes from its last.pt
     names = tuple(p for p in plugins if isinstance(p, str))
@@ -153,7 +159,11 @@ def resume(
             f"{str(checkpoint)!r} has done all {config.epochs} epochs of its run: nothing to do. "
             f"Extend it with --epochs N (N > {config.epochs}), or evaluate it with: fairdefense evaluate {folder}"
         )
+    started_from = config.init
+    if started_from and not is_zoo(started_from):
+        config.init = None  # restore() brings the weights: the run's starting checkpoint may have moved or gone
     trainer = build_trainer(config, [ordered[name] for name in ordered], progress=progress)
+    trainer.config.init = started_from
     trainer.restore(checkpoint)
     return trainer.fit()
 

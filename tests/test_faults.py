@@ -322,6 +322,21 @@ def test_init_with_another_architecture_lists_the_first_keys(tmp_path):
         load_weights(mlp(), tmp_path / "w.pt")
 
 
+def test_a_fine_tuning_run_resumes_after_its_starting_checkpoint_moved(tmp_path):
+    base = tmp_path / "base"
+    fairdefense.train(epochs=1, out=str(base), progress=False, **RESUME)
+    start = str(base / "last.pt")
+    straight = fairdefense.train(epochs=2, init=start, out=str(tmp_path / "straight"), progress=False, **RESUME)
+    fairdefense.train(epochs=1, init=start, out=str(tmp_path / "ft"), progress=False, **RESUME)
+    (base / "last.pt").rename(tmp_path / "moved.pt")
+    resumed = fairdefense.resume(tmp_path / "ft", epochs=2, progress=False)
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert json.loads((tmp_path / "ft" / "config.json").read_text())["init"] == start
+    with pytest.raises(ConfigError, match="does not exist"):  # a new run from it still needs the file
+        fairdefense.train(epochs=1, init=start, out=str(tmp_path / "again"), progress=False, **RESUME)
+
+
 def test_init_and_resume_given_a_folder(tmp_path, capsys):
     from fairdefense.cli import main
 
