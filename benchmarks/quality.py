@@ -11,14 +11,17 @@ its own fold, so every image is scored once per configuration and seed. Each run
 through the real command line, ``fairdefense train ... --fold I/K --out
 runs/quality/<name>-f<I>-s<seed> --no-progress``, then ``fairdefense evaluate`` scores
 the run's evaluation weights (EMA/FAWA averages where a plugin supplies them) under
-PGD-20 and, on the first ``--autoattack-folds`` folds of every seed, AutoAttack.
+PGD-20 and, on the first ``--autoattack-folds`` folds of every seed (or of the
+``--autoattack-seeds``), AutoAttack.
 
 Runs go ``--jobs`` at a time, each in its own process with one CPU thread. A run whose
 ``metrics.jsonl`` already holds its last epoch is not trained again, one with a
 checkpoint but fewer epochs is resumed (``--resume``), and one with a matching
 ``metrics.json`` is not evaluated again: the suite can be stopped and restarted, or run
-in parts (``--only``, ``--seeds``) and aggregated at the end. Fine-tuning rows start
-from the same fold and seed's baseline checkpoint and wait for it.
+in parts (``--only``, ``--seeds``), on several machines (copy the run folders together;
+each records the machine that trained it in ``machine.json``), and aggregated at the
+end. Fine-tuning rows start from the same fold and seed's baseline checkpoint and wait
+for it.
 
 A configuration is one line in :data:`CONFIGS` (its ``fairdefense train`` arguments).
 
@@ -28,10 +31,11 @@ seed) units on average and worst-class robust accuracy; AutoAttack on the first 
 and where it ranks rows differently from PGD-20. They go to ``docs/results.md``,
 ``docs/results.json`` and the scatter ``docs/leaderboard.png``.
 
-Cost: a 30-epoch run trains in about 2.5-4 CPU minutes (FRL's 40 fine-tuning epochs
-about as long) and AutoAttack adds about 3.5 CPU minutes per run; 14 rows x 5 folds x 3
-seeds = 210 runs (42 with AutoAttack): about 15 CPU hours, about 1 hour with
-``--jobs 16`` on 16 cores.
+Cost (measured): a 30-epoch run trains in 67-86 s on one core of a 2-core AMD EPYC (2
+runs at a time) and in 120-160 s on one core of a 16-core Xeon (16 at a time); FRL's 40
+fine-tuning epochs take about 1.3 times as long; AutoAttack on a 360-image fold adds
+100-160 s. 20 rows x 5 folds x 3 seeds = 300 runs: about 7 core-hours (with AutoAttack
+on fold 0 of every seed, 60 runs, 2.5 more), about 45 minutes with ``--jobs 16``.
 """
 from __future__ import annotations
 

@@ -209,6 +209,24 @@ def test_plan_adds_baselines_and_orders_them_first(tmp_path):
         quality.plan(["at"], [0], 1, 2, tmp_path)
 
 
+def test_autoattack_on_chosen_seeds_and_machines_recorded_per_run(tmp_path, monkeypatch):
+    runs = quality.plan(["at"], [0, 1, 2], 2, 2, tmp_path, autoattack_seeds=[1])
+    assert {r.key for r in runs if "autoattack" in r.attacks} == {"at-f0-s1"}
+    machine = {"A": {"cpu": "A", "usable_cores": 2, "torch": "2.14", "fairdefense": "0.2.0"},
+               "B": {"cpu": "B", "usable_cores": 16, "torch": "2.11", "fairdefense": "0.2.0"}}
+    by_key = {r.key: r for r in runs}
+    # at-f0-s1 trained on B, then resumed on A: its last entry counts; fold 1 of seed 2 has no record
+    for key, where in [("at-f0-s0", "A"), ("at-f1-s0", "A"), ("at-f0-s1", "B"), ("at-f1-s1", "B"),
+                       ("at-f0-s1", "A"), ("at-f0-s2", "B")]:
+        monkeypatch.setattr(quality, "machine_info", lambda device, m=machine[where]: {**m, "load_average": []})
+        by_key[key].out.mkdir(parents=True, exist_ok=True)
+        quality.record_machine(by_key[key].out)
+    assert [e["cpu"] for e in json.loads((by_key["at-f0-s1"].out / "machine.json").read_text())] == ["B", "A"]
+    found = quality.machines(runs)
+    assert [(m["cpu"], m["usable_cores"], m["seeds"], m["runs"]) for m in found] == [("A", 2, [0, 1], 3),
+                                                                                     ("B", 16, [1, 2], 2)]
+
+
 def _fake_run(run, epochs_done: int, attacks, robust=(0.5, 0.0), counts=(2, 2), fold=None) -> None:
     run.out.mkdir(parents=True)
     (run.out / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "time": 1.0}) + "\n"
