@@ -343,3 +343,19 @@ def test_the_suite_end_to_end_on_fake_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(quality.subprocess, "run", lambda *a, **k: pytest.fail("a finished run was started again"))
     for run in quality.plan(["at", "bat"], [0, 1], 2, 2, tmp_path / "runs"):
         assert real_execute(run, {}, tmp_path / "logs") and run.log == []
+
+
+def test_one_seed_of_the_whole_protocol_is_called_part_of_the_suite(tmp_path, monkeypatch):
+    def fake(run, env, logs):
+        _fake_run(run, quality.target_epochs(run), run.attacks, counts=(10, 10))
+        return run.key != "wat-f3-s1"
+
+    monkeypatch.setattr(quality, "_execute", fake)
+    out = tmp_path / "docs"
+    files = ["--md", str(out / "results.md"), "--json", str(out / "results.json"), "--figure", str(out / "l.png")]
+    assert quality.main(["--seeds", "0", "--runs", str(tmp_path / "runs"), *files]) == 0
+    text = (out / "results.md").read_text()
+    assert "**Part of the full suite**: seed(s) 0 of the protocol's 0, 1, 2" in text
+    assert "Not the full suite" not in text and "power of 5 units per row" in text
+    assert quality.main(["--seeds", "1", "--runs", str(tmp_path / "runs"), *files]) == 1  # a failed run
+    assert "Not the full suite" in (out / "results.md").read_text()
