@@ -634,7 +634,8 @@ def render_results(rows: dict[str, dict[str, Any]], runs: Sequence[Run], info: d
            else "not recorded (page rebuilt with `--aggregate-only`)."),
         "",
         "## Power analysis: why 5 folds and 3 seeds", "",
-        "The previous suite (14 rows x 3 seeds, one fixed 359-image test split, commit 8f0b0be) measured how much "
+        "The previous suite (14 rows x 3 seeds, one fixed 359-image test split, commit 8f0b0be; its page: "
+        "`git show 8f0b0be:docs/results.md`) measured how much "
         "the per-seed difference to PGD-AT varies: standard deviation "
         f"{DESIGN_SD['worst']} points for worst-class and {DESIGN_SD['avg']} for average PGD-20 robust accuracy "
         "(RMS over its 13 rows). One fold of 5 has the size of that test split (359-360 images), so a (fold, seed) "
