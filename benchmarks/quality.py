@@ -252,7 +252,9 @@ def is_trained(run: Run) -> bool:
 
 
 def is_evaluated(run: Run) -> bool:
-    """Whether ``metrics.json`` scores the last epoch of the run's fold under every attack of the run."""
+    """Whether ``metrics.json`` scores the last epoch of the run's fold under every attack of the
+    run, written by ``fairdefense evaluate`` (it records the scored samples' SHA-256; the
+    trainer's own end-of-run evaluation does not)."""
     from fairdefense.reports import load_metrics
 
     path = run.out / "metrics.json"
@@ -260,7 +262,7 @@ def is_evaluated(run: Run) -> bool:
         return False
     metrics = load_metrics(path)
     return (metrics["evaluated"]["epoch"] == target_epochs(run) and set(run.attacks) <= set(metrics["attacks"])
-            and metrics["data"].get("fold") == f"{run.fold}/{run.folds}")
+            and metrics["data"].get("fold") == f"{run.fold}/{run.folds}" and bool(metrics["data"].get("sha256")))
 
 
 def plan(

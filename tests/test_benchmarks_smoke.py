@@ -227,7 +227,7 @@ def test_autoattack_on_chosen_seeds_and_machines_recorded_per_run(tmp_path, monk
                                                                                      ("B", 16, [1, 2], 2)]
 
 
-def _fake_run(run, epochs_done: int, attacks, robust=(0.5, 0.0), counts=(2, 2), fold=None) -> None:
+def _fake_run(run, epochs_done: int, attacks, robust=(0.5, 0.0), counts=(2, 2), fold=None, sha256="ab12") -> None:
     run.out.mkdir(parents=True)
     (run.out / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "time": 1.0}) + "\n"
                                                    for e in range(1, epochs_done + 1)))
@@ -236,22 +236,25 @@ def _fake_run(run, epochs_done: int, attacks, robust=(0.5, 0.0), counts=(2, 2), 
                          robust_acc={a: torch.tensor(robust, dtype=torch.float64) for a in attacks})
     metrics = build_metrics(report, config={"objective": "at", "plugins": [],
                                             "fold": fold or f"{run.fold}/{run.folds}"},
-                            evaluated={"epoch": epochs_done}, eps=0.2, norm="linf", seed=0)
+                            evaluated={"epoch": epochs_done}, eps=0.2, norm="linf", seed=0,
+                            samples={"first_n": None, "sha256": sha256})
     save_metrics(metrics, run.out / "metrics.json")
 
 
 def test_finished_runs_are_recognised(tmp_path):
-    done, short, other, wrong_fold = quality.plan(["at", "bat", "trades", "cfa-at"], [0], 2, 3, tmp_path,
-                                                  autoattack_folds=0)[:4]
+    done, short, other, wrong_fold, by_trainer = quality.plan(["at", "bat", "trades", "cfa-at", "ema-at"], [0], 2,
+                                                              3, tmp_path, autoattack_folds=0)[:5]
     _fake_run(done, 3, ["pgd20"])
     _fake_run(short, 2, ["pgd20"])
     _fake_run(other, 3, ["cw20"])
     _fake_run(wrong_fold, 3, ["pgd20"], fold="1/2")
+    _fake_run(by_trainer, 3, ["pgd20"], sha256=None)  # the trainer's end-of-run evaluation records no hash
     assert quality.is_trained(done) and quality.is_evaluated(done)
     assert not quality.is_trained(short) and not quality.is_evaluated(short)
     assert quality.is_trained(other) and not quality.is_evaluated(other)  # evaluated without PGD-20
     assert not quality.is_evaluated(wrong_fold)  # scored on another fold
-    collected = quality.collect([done, short, other, wrong_fold])
+    assert quality.is_trained(by_trainer) and not quality.is_evaluated(by_trainer)
+    collected = quality.collect([done, short, other, wrong_fold, by_trainer])
     assert list(collected) == ["at"]
     unit = collected["at"]["units"][(0, 0)]
     assert (unit["clean_avg"], unit["clean_worst"], unit["pgd20_avg"], unit["pgd20_worst"]) == (0.75, 0.5, 0.25, 0.0)
