@@ -676,8 +676,10 @@ def render_results(rows: dict[str, dict[str, Any]], runs: Sequence[Run], info: d
             f"{row['train_minutes']:.1f}",
         ])
     lines.append(markdown_table(header, table) if table else "_No finished run yet._")
-    lines += ["", "AA: AutoAttack, mean over the units it ran (the first fold(s) of each seed); the ranks order the "
-                  "rows by worst-class accuracy on those same units under PGD-20 and under AutoAttack."]
+    lines += ["", "AA: AutoAttack, mean over the units it ran (the first fold(s) of the seeds it ran on); the ranks "
+                  "order the rows by worst-class accuracy on those same units under PGD-20 and under AutoAttack. "
+                  "Train min / run: mean training time of the row's runs (`metrics.jsonl`), on the machines listed "
+                  "under Protocol."]
     moved = [n for n in aa_rank if aa_rank[n] != pgd_rank[n]]
     if aa_rank:
         lines += ["", "PGD-20 and AutoAttack " + ("rank every row the same." if not moved else
