@@ -337,7 +337,8 @@ def test_the_suite_end_to_end_on_fake_runs(tmp_path, monkeypatch):
     text = (out / "results.md").read_text()
     assert "Not the full suite" in text and "## Power analysis" in text
     assert "Significantly higher worst-class PGD-20 robust accuracy than PGD-AT" in text
-    assert "`bat`" in text.split("Significantly higher")[1].split("\n")[0]
+    better = text.split("Significantly higher")[1].split("\n")[0]
+    assert "`bat`" in better and "after Holm's correction over the rows: `bat`." in better
     data = json.loads((out / "results.json").read_text())
     assert data["results"]["bat"]["vs_at"]["worst"]["n"] == 4
     assert "fairdefense train --plugin bat --fold 0/2 --epochs 2 --seed 0" in text
