@@ -69,6 +69,7 @@ __all__ = [
     "milestones",
     "plan",
     "train_args",
+    "training_args",
     "is_trained",
     "is_evaluated",
     "record_machine",
@@ -306,16 +307,23 @@ def shell_line(args: Sequence[str]) -> str:
     return " ".join(["fairdefense", *args])
 
 
+def training_args(run: Run) -> list[str]:
+    """How to bring an unfinished run to its last epoch: resume from its checkpoint (also one
+    an interrupted first epoch left, without history), start afresh over a folder an
+    interrupted start left without checkpoint (``--overwrite``), or start."""
+    if (run.out / "last.pt").is_file():
+        return ["train", "--resume", _shown(run.out / "last.pt"), "--epochs", str(target_epochs(run)), "--no-progress"]
+    if run.out.is_dir() and any(run.out.iterdir()):
+        return train_args(run) + ["--overwrite"]
+    return train_args(run)
+
+
 def _execute(run: Run, env: dict[str, str], logs: Path) -> bool:
     """Train (or resume, or skip) and evaluate (or skip) one run; False on failure."""
     logs.mkdir(parents=True, exist_ok=True)
     steps = []
     if not is_trained(run):
-        args = train_args(run)
-        if (run.out / "last.pt").is_file() and (run.out / "metrics.jsonl").is_file():
-            args = ["train", "--resume", _shown(run.out / "last.pt"), "--epochs", str(target_epochs(run)),
-                    "--no-progress"]
-        steps.append(("train", args))
+        steps.append(("train", training_args(run)))
     if not is_trained(run) or not is_evaluated(run):
         steps.append(("evaluate", evaluate_args(run)))
     for what, args in steps:

@@ -209,6 +209,22 @@ def test_plan_adds_baselines_and_orders_them_first(tmp_path):
         quality.plan(["at"], [0], 1, 2, tmp_path)
 
 
+def test_unfinished_runs_resume_from_any_checkpoint_or_start_afresh(tmp_path):
+    fresh, started, interrupted, halfway = quality.plan(["at", "bat", "trades", "cfa-at"], [0], 2, 3, tmp_path)[:4]
+    assert quality.training_args(fresh) == quality.train_args(fresh)
+    started.out.mkdir(parents=True)
+    (started.out / "config.json").write_text("{}")  # stopped before its first checkpoint
+    assert quality.training_args(started) == quality.train_args(started) + ["--overwrite"]
+    for run in (interrupted, halfway):  # a checkpoint, with or without history lines
+        run.out.mkdir(parents=True)
+        (run.out / "last.pt").write_bytes(b"")
+    (halfway.out / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    for run in (interrupted, halfway):
+        args = quality.training_args(run)
+        assert args[:2] == ["train", "--resume"] and args[2].endswith(f"{run.key}/last.pt")
+        assert args[args.index("--epochs") + 1] == "3" and "--fold" not in args
+
+
 def test_autoattack_on_chosen_seeds_and_machines_recorded_per_run(tmp_path, monkeypatch):
     runs = quality.plan(["at"], [0, 1, 2], 2, 2, tmp_path, autoattack_seeds=[1])
     assert {r.key for r in runs if "autoattack" in r.attacks} == {"at-f0-s1"}
