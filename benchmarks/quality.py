@@ -78,6 +78,7 @@ __all__ = [
     "machines",
     "aggregate",
     "power_table",
+    "rank_agreement",
     "render_results",
     "plot_leaderboard",
     "main",
@@ -555,6 +556,22 @@ def _ranks(rows: dict[str, dict[str, Any]], attack: str) -> dict[str, int]:
     return {n: i for i, (n, _) in enumerate(sorted(scored, key=lambda t: -t[1]), 1)}
 
 
+def rank_agreement(first: dict[str, int], second: dict[str, int], far: int = 3) -> str:
+    """A sentence on how two rankings of the same rows (1 = best) agree: Spearman's rho
+    (``1 - 6 sum d^2 / (n (n^2 - 1))``, ranks without ties), the rows that move ``far`` or
+    more places, and how many move less."""
+    if first == second:
+        return "PGD-20 and AutoAttack rank every row the same."
+    n = len(first)
+    rho = 1 - 6 * sum((first[k] - second[k]) ** 2 for k in first) / (n * (n * n - 1))
+    moved = sorted((k for k in first if abs(first[k] - second[k]) >= far), key=lambda k: -abs(first[k] - second[k]))
+    near = sum(1 for k in first if 0 < abs(first[k] - second[k]) < far)
+    text = f"PGD-20 and AutoAttack rank the rows' worst class with Spearman's rho = {rho:.2f}. "
+    text += ("Rows that move " + str(far) + " or more places (PGD-20 -> AutoAttack): " + ", ".join(
+        f"`{k}` ({first[k]} -> {second[k]})" for k in moved) + "." if moved else f"No row moves {far} or more places.")
+    return text + (f" {near} more move 1-{far - 1} places (neighbours and ties)." if near else "")
+
+
 def plot_leaderboard(rows: dict[str, dict[str, Any]], headline: str, path: Path, title: str) -> Path:
     """Average (x) vs worst-class (y) PGD-20 robust accuracy pooled over folds, one point per
     configuration (mean over seeds); error bars one standard deviation over seeds, or the
@@ -688,11 +705,8 @@ def render_results(rows: dict[str, dict[str, Any]], runs: Sequence[Run], info: d
                   "order the rows by worst-class accuracy on those same units under PGD-20 and under AutoAttack. "
                   "Train min / run: mean training time of the row's runs (`metrics.jsonl`), on the machines listed "
                   "under Protocol."]
-    moved = [n for n in aa_rank if aa_rank[n] != pgd_rank[n]]
     if aa_rank:
-        lines += ["", "PGD-20 and AutoAttack " + ("rank every row the same." if not moved else
-                  "disagree on the worst-class ranking of " + ", ".join(
-                      f"`{n}` ({pgd_rank[n]} -> {aa_rank[n]})" for n in moved) + ".")]
+        lines += ["", rank_agreement(pgd_rank, aa_rank)]
     better = [n for n, r in rows.items() if r["vs_at"].get("worst", {}).get("significant")
               and r["vs_at"]["worst"]["mean_diff"] > 0]
     worse = [n for n, r in rows.items() if r["vs_at"].get("worst", {}).get("significant")

@@ -379,3 +379,11 @@ def test_one_seed_of_the_whole_protocol_is_called_part_of_the_suite(tmp_path, mo
     assert "Not the full suite" not in text and "power of 5 units per row" in text
     assert quality.main(["--seeds", "1", "--runs", str(tmp_path / "runs"), *files]) == 1  # a failed run
     assert "Not the full suite" in (out / "results.md").read_text()
+
+
+def test_rank_agreement_by_hand():
+    pgd = {"a": 1, "b": 2, "c": 3, "d": 4, "e": 5}
+    assert quality.rank_agreement(pgd, dict(pgd)) == "PGD-20 and AutoAttack rank every row the same."
+    aa = {"a": 4, "b": 1, "c": 2, "d": 3, "e": 5}  # d^2 = 9 + 1 + 1 + 1 = 12; rho = 1 - 72 / 120 = 0.4
+    text = quality.rank_agreement(pgd, aa)
+    assert "rho = 0.40" in text and "`a` (1 -> 4)." in text and "3 more move 1-2 places" in text
