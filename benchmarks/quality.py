@@ -46,6 +46,7 @@ import os
 import statistics
 import subprocess
 import sys
+import textwrap
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -597,7 +598,7 @@ def plot_leaderboard(rows: dict[str, dict[str, Any]], headline: str, path: Path,
     ax.set_xlabel(f"average robust accuracy over classes (%, {headline})")
     ax.set_ylabel(f"worst-class robust accuracy (%, {headline})")
     ax.grid(alpha=0.3)
-    ax.set_title(title, fontsize="medium")
+    ax.set_title("\n".join(textwrap.wrap(title, 80)), fontsize="medium")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
